@@ -1,0 +1,55 @@
+//! The backplane: how messages cross nodes.
+//!
+//! One small trait with two implementations: [`memory::MemoryBroker`]
+//! (embedded, one node, nothing to install) and [`redis::RedisBroker`]
+//! (a Redis pub/sub backplane shared by any number of stateless nodes).
+//! The hub decides when a topic gets its first or loses its last local
+//! subscriber; the broker turns that into backplane subscriptions and
+//! feeds received envelopes back into the hub.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use wire::Topic;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("backplane unavailable: {0}")]
+    Unavailable(String),
+    #[error("backplane did not answer in time")]
+    Timeout,
+    #[error("backplane refused the request: {0}")]
+    Refused(String),
+}
+
+pub trait Broker: Send + Sync + 'static {
+    /// Makes sure `topic`'s messages reach this node's hub. Resolves once
+    /// the backplane confirmed, so a client told `subscribed` misses
+    /// nothing published after. While the backplane is away the topic is
+    /// recorded and subscribed when it returns.
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// `topic` lost its last local subscriber; the backplane subscription
+    /// goes after a grace delay unless someone subscribes again.
+    fn release(&self, topic: &Topic);
+
+    /// Publishes `data_json` (a JSON object) on `topic` to every node,
+    /// assigning the next `seq`; returns that `seq`.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a Topic,
+        data_json: &'a str,
+        traceparent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, BrokerError>>;
+
+    /// Whether the backplane is connected (drives `/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// `memory` or `redis`, for logs and `/readyz`.
+    fn kind(&self) -> &'static str;
+}

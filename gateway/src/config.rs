@@ -1,0 +1,238 @@
+//! The gateway's configuration: one typed struct, loaded as defaults <
+//! file (`--config PATH`) < environment (`GATEWAY_<KEY>`), then validated
+//! so a bad value stops the node at start with the key named.
+//!
+//! `gateway.example.toml` at the repository root documents every key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variables are `GATEWAY_` + the key in upper case.
+pub const ENV_PREFIX: &str = "GATEWAY";
+
+/// Names a config file; read by the binary, not a config key itself.
+pub const CONFIG_FILE_ENV: &str = "GATEWAY_CONFIG";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket server listens on.
+    pub listen: String,
+    /// This node's id in `welcome` frames and its reply channel; empty
+    /// means a random UUID at each start (nodes are stateless).
+    pub node_id: String,
+    /// Redis URL of the backplane (`redis://`, `rediss://`); empty means
+    /// the embedded in-memory backplane (one node, nothing to install).
+    pub redis_url: String,
+    /// Prefix of every Redis channel and key (the contract's default `rt:`).
+    pub channel_prefix: String,
+    /// Largest client frame accepted; larger ones close the socket (1009).
+    pub max_frame_bytes: usize,
+    /// Subscriptions one connection may hold at once.
+    pub max_subscriptions: usize,
+    /// Frames that may wait for one slow socket before it is closed (4001).
+    pub outbound_queue: usize,
+    /// WebSocket connections this node accepts; 0 means automatic: the
+    /// open-file limit less a reserve for Redis, logs and HTTP.
+    pub max_connections: usize,
+    /// Interval between server pings.
+    pub ping_interval_ms: u64,
+    /// A client that sends nothing (not even a pong) this long after a
+    /// ping is dropped (4002) and its subscriptions released.
+    pub ping_timeout_ms: u64,
+    /// On SIGTERM, clients are closed (1012) spread over the first half of
+    /// this window; the node exits when all are gone or the window ends.
+    pub drain_ms: u64,
+    /// A topic's last local subscriber leaving keeps the Redis
+    /// subscription this long, so quick resubscribes do not flap.
+    pub unsubscribe_grace_ms: u64,
+    /// Bytes read from a socket at a time (tungstenite's default is 128
+    /// KiB, which alone costs 1.3 GB at 10,000 idle clients).
+    pub ws_read_buffer_bytes: usize,
+    /// Frames queued for a socket are gathered up to this many bytes and
+    /// written with one syscall.
+    pub ws_write_buffer_bytes: usize,
+    /// Backoff cap between Redis reconnect attempts.
+    pub redis_backoff_max_ms: u64,
+    /// Timeout of one Redis connect or subscribe round trip.
+    pub redis_timeout_ms: u64,
+    /// Bearer key that `POST /publish` requires; empty leaves the endpoint
+    /// open (fine on loopback, not on a public address).
+    pub publish_api_key: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".into(),
+            node_id: String::new(),
+            redis_url: String::new(),
+            channel_prefix: "rt:".into(),
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 1024,
+            outbound_queue: 1024,
+            max_connections: 0,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 10_000,
+            drain_ms: 10_000,
+            unsubscribe_grace_ms: 2_000,
+            ws_read_buffer_bytes: 1024,
+            ws_write_buffer_bytes: 16 * 1024,
+            redis_backoff_max_ms: 5_000,
+            redis_timeout_ms: 3_000,
+            publish_api_key: String::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("config key `{key}` (env {env}): {reason}")]
+    Invalid { key: &'static str, env: String, reason: String },
+}
+
+impl Config {
+    /// Loads defaults < `file` < the process environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_FILE_ENV).collect();
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let cfg: Config = builder
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .try_parsing(true)
+                    .source(Some(vars.into_iter().collect())),
+            )
+            .build()?
+            .try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value that deserialised but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| ConfigError::Invalid {
+            key,
+            env: format!("{ENV_PREFIX}_{}", key.to_uppercase()),
+            reason,
+        };
+        self.listen_addr().map_err(|e| bad("listen", e))?;
+        let url_ok = self.redis_url.is_empty()
+            || ["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s));
+        if !url_ok {
+            return Err(bad("redis_url", "must start with redis://, rediss:// or unix://".into()));
+        }
+        if self.channel_prefix.is_empty() || self.channel_prefix.chars().any(char::is_whitespace) {
+            return Err(bad("channel_prefix", "must be non-empty, without spaces".into()));
+        }
+        if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
+            return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
+        }
+        let ranges: [(&'static str, u64, u64, u64); 11] = [
+            ("max_frame_bytes", self.max_frame_bytes as u64, 128, 16 << 20),
+            ("max_subscriptions", self.max_subscriptions as u64, 1, 1_000_000),
+            ("outbound_queue", self.outbound_queue as u64, 1, 1_000_000),
+            ("max_connections", self.max_connections as u64, 0, 10_000_000),
+            ("ping_interval_ms", self.ping_interval_ms, 10, 3_600_000),
+            ("ping_timeout_ms", self.ping_timeout_ms, 10, 3_600_000),
+            ("drain_ms", self.drain_ms, 0, 3_600_000),
+            ("unsubscribe_grace_ms", self.unsubscribe_grace_ms, 0, 3_600_000),
+            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64, 64, 16 << 20),
+            ("ws_write_buffer_bytes", self.ws_write_buffer_bytes as u64, 0, 16 << 20),
+            ("redis_timeout_ms", self.redis_timeout_ms, 10, 600_000),
+        ];
+        for (key, value, min, max) in ranges {
+            if value < min || value > max {
+                return Err(bad(key, format!("{value} is outside {min}..={max}")));
+            }
+        }
+        if self.redis_backoff_max_ms < 10 {
+            return Err(bad("redis_backoff_max_ms", "must be at least 10".into()));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|e| format!("{:?} is not HOST:PORT: {e}", self.listen))
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+    pub fn unsubscribe_grace(&self) -> Duration {
+        Duration::from_millis(self.unsubscribe_grace_ms)
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+    pub fn redis_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.redis_backoff_max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::load_from(None, env(&[("PATH", "/bin"), ("GATEWAY_CONFIG", "x")])).unwrap();
+        assert_eq!(cfg.channel_prefix, "rt:");
+        assert!(cfg.redis_url.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, "max_subscriptions = 7\nchannel_prefix = \"file:\"\n").unwrap();
+        let cfg = Config::load_from(Some(&file), env(&[("GATEWAY_CHANNEL_PREFIX", "env:")])).unwrap();
+        assert_eq!(cfg.max_subscriptions, 7);
+        assert_eq!(cfg.channel_prefix, "env:");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("GATEWAY_MAX_FRAME_BYTES", "abc", "max_frame_bytes"),
+            ("GATEWAY_MAX_FRAME_BYTES", "1", "max_frame_bytes"),
+            ("GATEWAY_LISTEN", "nowhere", "listen"),
+            ("GATEWAY_REDIS_URL", "http://x", "redis_url"),
+            ("GATEWAY_NO_SUCH_KEY", "1", "no_such_key"),
+        ];
+        for (k, v, key) in cases {
+            let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
+        }
+    }
+}

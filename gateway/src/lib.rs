@@ -1,0 +1,19 @@
+//! A stateless WebSocket pub/sub gateway node.
+//!
+//! Clients speak the JSON protocol of `shared/spec/protocol.md` on `/ws`
+//! (or `/channels`). The [`hub`] knows who is subscribed here, the
+//! [`broker`] carries messages between nodes (Redis or in-memory), each
+//! [`connection`] runs one socket, and [`server`] glues them together.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod server;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,116 @@
+//! The node: everything one gateway process shares between its
+//! connections (config, hub, broker, metrics, the shutdown signal) and
+//! the admission of new connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
+
+/// Open files kept free for Redis, HTTP probes and logs when the
+/// connection limit is derived from the open-file limit.
+const FD_RESERVE: usize = 256;
+
+pub struct Node {
+    pub config: Config,
+    /// Sent in `welcome`; names this node's reply channel.
+    pub id: String,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled on SIGTERM: stop admitting, close clients, drain.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Connections this node admits at most (resolved from config).
+    pub max_connections: usize,
+    /// Admitted connections, including ones still upgrading.
+    admitted: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+/// Held by one admitted connection for its whole life.
+pub struct Admission {
+    node: Arc<Node>,
+    _task: TaskTrackerToken,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.node.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let id =
+            if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
+        let max_connections = match config.max_connections {
+            0 => open_file_limit().saturating_sub(FD_RESERVE).max(1),
+            n => n,
+        };
+        Node {
+            config,
+            id,
+            hub,
+            broker,
+            metrics,
+            shutdown,
+            tracker: TaskTracker::new(),
+            max_connections,
+            admitted: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// Admits one more connection unless the node is full or draining.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max_connections {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission { node: Arc::clone(self), _task: self.tracker.token() })
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Ready for traffic: backplane up and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.broker.is_ready()
+    }
+}
+
+/// Raises the soft open-file limit to the hard one and returns it; a
+/// gateway holds one file per client.
+pub fn raise_open_file_limit() -> usize {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n as usize,
+        Err(_) => open_file_limit(),
+    }
+}
+
+fn open_file_limit() -> usize {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) => soft.min(usize::MAX as u64) as usize,
+        Err(_) => 1024,
+    }
+}

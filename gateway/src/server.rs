@@ -1,0 +1,114 @@
+//! The glue: builds a node (hub, broker, metrics) from its config, routes
+//! HTTP and WebSocket requests, and runs until the shutdown future
+//! resolves, then drains: stop admitting, close clients with 1012 spread
+//! over the drain window, wait for them up to its end.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::{connection, http};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("serving HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the node for `config`: the Redis backplane when a URL is set,
+/// the in-memory one otherwise.
+pub fn build_node(config: Config, shutdown: CancellationToken) -> Result<Arc<Node>, ServerError> {
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
+    let broker: Arc<dyn Broker> = if config.redis_url.is_empty() {
+        Arc::new(MemoryBroker::new(Arc::clone(&hub)))
+    } else {
+        Arc::new(RedisBroker::start(&config, Arc::clone(&hub), Arc::clone(&metrics), shutdown.clone())?)
+    };
+    Ok(Arc::new(Node::new(config, hub, broker, metrics, shutdown)))
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.config.max_frame_bytes;
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/channels", get(upgrade))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .route("/publish", post(http::publish).layer(DefaultBodyLimit::max(body_limit)))
+        .with_state(node)
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let token = CancellationToken::new();
+    let node = build_node(config, token.clone())?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        node = %node.id,
+        backplane = node.broker.kind(),
+        max_connections = node.max_connections,
+        "gateway listening"
+    );
+    if node.config.publish_api_key.is_empty() {
+        tracing::warn!("POST /publish is open to anyone who reaches this port; set publish_api_key");
+    }
+    let signal = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing clients over the drain window");
+            token.cancel();
+        }
+    };
+    let app = router(Arc::clone(&node)).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(signal).await?;
+    node.tracker.close();
+    if tokio::time::timeout(node.config.drain(), node.tracker.wait()).await.is_err() {
+        tracing::warn!(left = node.tracker.len(), "drain window ended with connections still open");
+    }
+    Ok(())
+}
+
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(admission) = node.admit() else {
+        node.metrics.connections_refused.inc();
+        let why =
+            if node.shutdown.is_cancelled() { "node is draining" } else { "node is at max_connections" };
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    };
+    let cfg = &node.config;
+    ws.read_buffer_size(cfg.ws_read_buffer_bytes)
+        .write_buffer_size(cfg.ws_write_buffer_bytes)
+        .max_message_size(cfg.max_frame_bytes)
+        .max_frame_size(cfg.max_frame_bytes)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| connection::serve(socket, node, peer, admission))
+}
