@@ -39,8 +39,16 @@ pub enum ErrorCode {
     RateLimited,
     /// `since` was asked for but history could not be replayed.
     RecoveryFailed,
-    /// An order was refused by the order service (bad quantity, side, …).
+    /// An order was refused by the order service as malformed.
     InvalidOrder,
+    /// An order's `qty` is missing, not a positive integer, or too large.
+    InvalidQuantity,
+    /// An order's `side` is not `buy` or `sell`.
+    InvalidSide,
+    /// An order's `symbol` is not one the service trades.
+    UnknownSymbol,
+    /// An order lacks a required field.
+    MissingField,
     /// Something went wrong inside the node; the connection goes on.
     Internal,
 }
@@ -64,12 +72,16 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::RecoveryFailed => "recovery_failed",
             ErrorCode::InvalidOrder => "invalid_order",
+            ErrorCode::InvalidQuantity => "invalid_quantity",
+            ErrorCode::InvalidSide => "invalid_side",
+            ErrorCode::UnknownSymbol => "unknown_symbol",
+            ErrorCode::MissingField => "missing_field",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for metrics labels and docs.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownAction,
@@ -86,6 +98,10 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::RecoveryFailed,
         ErrorCode::InvalidOrder,
+        ErrorCode::InvalidQuantity,
+        ErrorCode::InvalidSide,
+        ErrorCode::UnknownSymbol,
+        ErrorCode::MissingField,
         ErrorCode::Internal,
     ];
 }

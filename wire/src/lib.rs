@@ -10,6 +10,7 @@ pub mod client;
 pub mod codes;
 pub mod envelope;
 pub mod keys;
+pub mod orders;
 pub mod server;
 pub mod telemetry;
 pub mod topic;
