@@ -1,0 +1,336 @@
+//! Test helpers: a real gateway on a loopback port, real WebSocket
+//! clients, raw HTTP requests, and a private redis-server process when a
+//! test needs to kill and restart Redis.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gateway::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wire::server::Frame;
+
+/// Generous: CI shares two cores with a compiler.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<()>,
+}
+
+impl TestGateway {
+    pub async fn start(mut config: Config) -> TestGateway {
+        config.listen = "127.0.0.1:0".into();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            gateway::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestGateway { addr, stop: Some(tx), task }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Signals shutdown (as SIGTERM would) without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, None, &[]).await
+    }
+
+    pub async fn publish(&self, topic: &str, data: &str) -> (u16, String) {
+        let body = format!(r#"{{"topic":"{topic}","data":{data}}}"#);
+        http(self.addr, "POST", "/publish", Some(&body), &[]).await
+    }
+
+    /// The value of one metric line (`name` with labels, if any).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls a metric until `pred` holds or WAIT passes.
+    pub async fn wait_metric(&self, name: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.metric(name).await;
+            if pred(v) || tokio::time::Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        self.task.abort();
+    }
+}
+
+/// Default config for tests: short timers so nothing waits long.
+pub fn memory_config() -> Config {
+    Config { drain_ms: 1_000, unsubscribe_grace_ms: 50, ..Config::default() }
+}
+
+pub fn redis_config(url: &str, prefix: &str) -> Config {
+    Config {
+        redis_url: url.into(),
+        channel_prefix: prefix.into(),
+        redis_backoff_max_ms: 200,
+        redis_timeout_ms: 2_000,
+        ..memory_config()
+    }
+}
+
+/// A per-test channel prefix so tests share one Redis without crosstalk.
+pub fn unique_prefix() -> String {
+    format!("t{}:", uuid::Uuid::new_v4().simple())
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut client = Client { ws };
+        let welcome = client.frame().await;
+        assert_eq!(welcome.kind, "welcome");
+        client
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next text frame, parsed (pings and pongs are skipped).
+    pub async fn frame(&mut self) -> Frame {
+        let text = self.text().await;
+        Frame::parse(&text).unwrap_or_else(|e| panic!("unparseable frame {text}: {e}"))
+    }
+
+    pub async fn text(&mut self) -> String {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("socket closed")
+                .expect("socket error");
+            match msg {
+                Message::Text(t) => return t.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Expects no text frame for `quiet`, reading (and so answering
+    /// pings) the whole time.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(t)))) => panic!("expected silence, got {t}"),
+                Ok(Some(Ok(_))) => continue,
+                Ok(other) => panic!("socket ended while expecting silence: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, topic: &str) {
+        self.send(&format!(r#"{{"action":"subscribe","topic":"{topic}"}}"#)).await;
+        let f = self.frame().await;
+        assert_eq!((f.kind.as_str(), f.topic.as_deref()), ("subscribed", Some(topic)), "{f:?}");
+    }
+
+    pub async fn unsubscribe(&mut self, topic: &str) {
+        self.send(&format!(r#"{{"action":"unsubscribe","topic":"{topic}"}}"#)).await;
+        let f = self.frame().await;
+        assert_eq!((f.kind.as_str(), f.topic.as_deref()), ("unsubscribed", Some(topic)), "{f:?}");
+    }
+
+    /// Sends `text` and expects an `error` frame with `code`.
+    pub async fn expect_error(&mut self, text: &str, code: &str) -> Frame {
+        self.send(text).await;
+        let f = self.frame().await;
+        assert_eq!(
+            (f.kind.as_str(), f.code.as_deref()),
+            ("error", Some(code)),
+            "after sending {text}: {f:?}"
+        );
+        f
+    }
+
+    /// Waits for the close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => panic!("no close frame in time"),
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return None,
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`): status and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A private redis-server on a free port, killed on drop.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    pub async fn start() -> RedisProcess {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut r = RedisProcess { port, child: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(mut c) = self.connection().await
+                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?.get_multiplexed_async_connection().await
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A connection to the shared redis-server on 127.0.0.1:6379.
+pub async fn shared_redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(SHARED_REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("tests need redis-server on 127.0.0.1:6379 (.ci/run starts one)")
+}
+
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
+    let (_, n): (String, i64) =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(conn).await.unwrap();
+    n
+}
+
+/// Polls PUBSUB NUMSUB until it equals `want` or WAIT passes.
+pub async fn wait_numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str, want: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = numsub(conn, channel).await;
+        if n == want || tokio::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn envelope(topic: &str, seq: u64, data: &str) -> String {
+    wire::envelope::encode(topic, seq, wire::now_ms(), data, None)
+}
