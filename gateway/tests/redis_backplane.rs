@@ -1,0 +1,212 @@
+//! The Redis backplane against a real redis-server: delivery of what any
+//! backend PUBLISHes, subscriptions that follow local subscribers, and
+//! recovery from a Redis restart with client sockets left open.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn delivers_what_redis_cli_publishes_on_the_default_prefix() {
+    // A private server, so the contract's own `rt:` prefix is used as is.
+    let redis = RedisProcess::start().await;
+    let gw = TestGateway::start(redis_config(&redis.url(), "rt:")).await;
+    assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 1.0).await, 1.0);
+    let mut c = gw.client().await;
+    c.subscribe("quotes.AAPL").await;
+    let envelope = r#"{"topic":"quotes.AAPL","seq":42,"ts":1764470000123,"data":{"symbol":"AAPL","bid":189.1,"ask":189.2}}"#;
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "PUBLISH", "rt:quotes.AAPL", envelope])
+        .output()
+        .expect("redis-cli must be on PATH");
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "1", "one subscriber: this node");
+    assert_eq!(
+        c.text().await,
+        r#"{"type":"message","topic":"quotes.AAPL","seq":42,"ts":1764470000123,"data":{"symbol":"AAPL","bid":189.1,"ask":189.2}}"#
+    );
+}
+
+#[tokio::test]
+async fn one_redis_subscription_per_topic_follows_local_subscribers() {
+    let prefix = unique_prefix();
+    let gw = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
+    let mut redis = shared_redis().await;
+    let channel = format!("{prefix}quotes.NUM");
+    assert_eq!(numsub(&mut redis, &channel).await, 0);
+
+    let mut a = gw.client().await;
+    a.subscribe("quotes.NUM").await;
+    // `subscribed` is sent only after Redis confirmed the SUBSCRIBE.
+    assert_eq!(numsub(&mut redis, &channel).await, 1);
+    let mut b = gw.client().await;
+    b.subscribe("quotes.NUM").await;
+    let mut c = gw.client().await;
+    c.subscribe("quotes.NUM").await;
+    assert_eq!(numsub(&mut redis, &channel).await, 1, "one Redis subscription however many local subscribers");
+
+    a.unsubscribe("quotes.NUM").await;
+    drop(b); // a disconnect releases too
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(numsub(&mut redis, &channel).await, 1, "c still holds the topic");
+    c.unsubscribe("quotes.NUM").await;
+    assert_eq!(wait_numsub(&mut redis, &channel, 0).await, 0, "the last one leaving releases it");
+    assert_eq!(gw.metric("gateway_topics").await, 0.0);
+
+    // A client that disconnects without unsubscribing leaks nothing either.
+    let mut d = gw.client().await;
+    d.subscribe("quotes.NUM").await;
+    assert_eq!(numsub(&mut redis, &channel).await, 1);
+    drop(d);
+    assert_eq!(wait_numsub(&mut redis, &channel, 0).await, 0);
+}
+
+#[tokio::test]
+async fn resubscribing_within_the_grace_delay_keeps_the_subscription() {
+    let prefix = unique_prefix();
+    let config = gateway::Config { unsubscribe_grace_ms: 1_000, ..redis_config(SHARED_REDIS, &prefix) };
+    let gw = TestGateway::start(config).await;
+    let mut redis = shared_redis().await;
+    let channel = format!("{prefix}quotes.FLAP");
+    let mut a = gw.client().await;
+    a.subscribe("quotes.FLAP").await;
+    a.unsubscribe("quotes.FLAP").await;
+    a.subscribe("quotes.FLAP").await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(numsub(&mut redis, &channel).await, 1, "still wanted after the grace delay");
+    let _: () = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(envelope("quotes.FLAP", 1, "{}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(a.frame().await.seq, Some(1));
+}
+
+#[tokio::test]
+async fn survives_a_redis_restart_without_resubscribing() {
+    let mut redis = RedisProcess::start().await;
+    let prefix = "rt:";
+    let gw = TestGateway::start(redis_config(&redis.url(), prefix)).await;
+    let mut c = gw.client().await;
+    c.subscribe("quotes.RST").await;
+    c.subscribe("orders.acct1").await;
+    let mut conn = redis.connection().await.unwrap();
+    let publish = |topic: &str, seq: u64| {
+        redis::cmd("PUBLISH").arg(format!("{prefix}{topic}")).arg(envelope(topic, seq, "{}")).clone()
+    };
+    let _: i64 = publish("quotes.RST", 1).query_async(&mut conn).await.unwrap();
+    assert_eq!(c.frame().await.seq, Some(1));
+
+    redis.kill();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = gw.get("/readyz").await;
+        if status == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never went 503 while Redis was down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client is still connected while Redis is away.
+    c.send(r#"{"action":"ping"}"#).await;
+    assert_eq!(c.frame().await.kind, "pong");
+
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gw.get("/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut conn = redis.connection().await.unwrap();
+    let n: i64 = publish("quotes.RST", 2).query_async(&mut conn).await.unwrap();
+    assert_eq!(n, 1, "the node re-subscribed on its own");
+    let _: i64 = publish("orders.acct1", 1).query_async(&mut conn).await.unwrap();
+    let m = c.frame().await;
+    assert_eq!((m.topic.as_deref(), m.seq), (Some("quotes.RST"), Some(2)));
+    let m = c.frame().await;
+    assert_eq!((m.topic.as_deref(), m.seq), (Some("orders.acct1"), Some(1)));
+    assert!(gw.metric("gateway_backplane_reconnects_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn malformed_envelopes_are_counted_and_skipped() {
+    let prefix = unique_prefix();
+    let gw = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
+    let mut c = gw.client().await;
+    c.subscribe("quotes.BAD").await;
+    let mut redis = shared_redis().await;
+    let channel = format!("{prefix}quotes.BAD");
+    let bad = [
+        "not json".to_string(),
+        r#"{"topic":"quotes.BAD"}"#.to_string(),
+        r#"{"topic":"quotes.OTHER","seq":1,"ts":1,"data":{}}"#.to_string(),
+        r#"{"topic":"quotes.BAD","seq":"1","ts":1,"data":{}}"#.to_string(),
+        r#"{"topic":"quotes.BAD","seq":1,"ts":1,"data":"str"}"#.to_string(),
+        envelope("quotes.BAD", 1, r#"{"ok":true}"#),
+    ];
+    for payload in &bad {
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(payload).query_async(&mut redis).await.unwrap();
+    }
+    let m = c.frame().await;
+    assert_eq!((m.kind.as_str(), m.seq), ("message", Some(1)), "only the valid envelope is delivered");
+    assert_eq!(gw.wait_metric("gateway_backplane_invalid_total", |v| v == 5.0).await, 5.0);
+}
+
+#[tokio::test]
+async fn publish_through_a_node_reaches_every_node() {
+    let prefix = unique_prefix();
+    let a = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
+    let b = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe("quotes.X").await;
+    on_b.subscribe("quotes.X").await;
+    let (status, body) = a.publish("quotes.X", r#"{"p":1}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = b.publish("quotes.X", r#"{"p":2}"#).await;
+    assert!(body.contains(r#""seq":2"#), "seq is shared through Redis: {body}");
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.frame().await.seq, Some(1));
+        assert_eq!(c.frame().await.seq, Some(2));
+        c.expect_silence(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_and_others_keep_flowing() {
+    let prefix = unique_prefix();
+    let config = gateway::Config { outbound_queue: 256, ..redis_config(SHARED_REDIS, &prefix) };
+    let gw = TestGateway::start(config).await;
+    let mut fast = gw.client().await;
+    fast.subscribe("quotes.FLOOD").await;
+    let mut stalled = gw.client().await;
+    stalled.subscribe("quotes.FLOOD").await;
+    // Enough bytes to fill the stalled client's socket buffers and queue.
+    let mut redis = shared_redis().await;
+    let channel = format!("{prefix}quotes.FLOOD");
+    let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4000));
+    let total = 3_000u64;
+    let reader = tokio::spawn(async move {
+        let mut last = 0;
+        while last < total {
+            let f = fast.frame().await;
+            assert_eq!(f.seq, Some(last + 1), "the fast client misses nothing");
+            last += 1;
+        }
+    });
+    for chunk in (1..=total).collect::<Vec<_>>().chunks(50) {
+        let mut pipe = redis::pipe();
+        for seq in chunk {
+            pipe.cmd("PUBLISH").arg(&channel).arg(envelope("quotes.FLOOD", *seq, &data)).ignore();
+        }
+        let _: () = pipe.query_async(&mut redis).await.unwrap();
+        // Pace a little so the fast reader is not the one overflowing.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::timeout(WAIT * 3, reader).await.unwrap().unwrap();
+    assert!(gw.metric("gateway_frames_dropped_total").await >= 1.0);
+    assert_eq!(stalled.close_code().await, Some(4001));
+}
