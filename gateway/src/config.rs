@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment variables are `GATEWAY_` + the key in upper case.
 pub const ENV_PREFIX: &str = "GATEWAY";
@@ -17,7 +17,7 @@ pub const ENV_PREFIX: &str = "GATEWAY";
 /// Names a config file; read by the binary, not a config key itself.
 pub const CONFIG_FILE_ENV: &str = "GATEWAY_CONFIG";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP/WebSocket server listens on.
@@ -219,6 +219,19 @@ mod tests {
         let cfg = Config::load_from(Some(&file), env(&[("GATEWAY_CHANNEL_PREFIX", "env:")])).unwrap();
         assert_eq!(cfg.max_subscriptions, 7);
         assert_eq!(cfg.channel_prefix, "env:");
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway.example.toml");
+        let from_file = Config::load_from(Some(&file), Vec::new()).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{:?}", Config::default()));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let keys = serde_json::to_value(Config::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            let env = format!("GATEWAY_{}", key.to_uppercase());
+            assert!(text.contains(&env), "example file names {env}");
+        }
     }
 
     #[test]

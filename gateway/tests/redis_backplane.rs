@@ -32,8 +32,9 @@ async fn delivers_what_redis_cli_publishes_on_the_default_prefix() {
 #[tokio::test]
 async fn one_redis_subscription_per_topic_follows_local_subscribers() {
     let prefix = unique_prefix();
-    let gw = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
-    let mut redis = shared_redis().await;
+    let server = TestRedis::get().await;
+    let gw = TestGateway::start(redis_config(&server.url(), &prefix)).await;
+    let mut redis = server.connection().await;
     let channel = format!("{prefix}quotes.NUM");
     assert_eq!(numsub(&mut redis, &channel).await, 0);
 
@@ -45,7 +46,11 @@ async fn one_redis_subscription_per_topic_follows_local_subscribers() {
     b.subscribe("quotes.NUM").await;
     let mut c = gw.client().await;
     c.subscribe("quotes.NUM").await;
-    assert_eq!(numsub(&mut redis, &channel).await, 1, "one Redis subscription however many local subscribers");
+    assert_eq!(
+        numsub(&mut redis, &channel).await,
+        1,
+        "one Redis subscription however many local subscribers"
+    );
 
     a.unsubscribe("quotes.NUM").await;
     drop(b); // a disconnect releases too
@@ -66,9 +71,10 @@ async fn one_redis_subscription_per_topic_follows_local_subscribers() {
 #[tokio::test]
 async fn resubscribing_within_the_grace_delay_keeps_the_subscription() {
     let prefix = unique_prefix();
-    let config = gateway::Config { unsubscribe_grace_ms: 1_000, ..redis_config(SHARED_REDIS, &prefix) };
+    let server = TestRedis::get().await;
+    let config = gateway::Config { unsubscribe_grace_ms: 1_000, ..redis_config(&server.url(), &prefix) };
     let gw = TestGateway::start(config).await;
-    let mut redis = shared_redis().await;
+    let mut redis = server.connection().await;
     let channel = format!("{prefix}quotes.FLAP");
     let mut a = gw.client().await;
     a.subscribe("quotes.FLAP").await;
@@ -134,10 +140,11 @@ async fn survives_a_redis_restart_without_resubscribing() {
 #[tokio::test]
 async fn malformed_envelopes_are_counted_and_skipped() {
     let prefix = unique_prefix();
-    let gw = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
+    let server = TestRedis::get().await;
+    let gw = TestGateway::start(redis_config(&server.url(), &prefix)).await;
     let mut c = gw.client().await;
     c.subscribe("quotes.BAD").await;
-    let mut redis = shared_redis().await;
+    let mut redis = server.connection().await;
     let channel = format!("{prefix}quotes.BAD");
     let bad = [
         "not json".to_string(),
@@ -158,8 +165,9 @@ async fn malformed_envelopes_are_counted_and_skipped() {
 #[tokio::test]
 async fn publish_through_a_node_reaches_every_node() {
     let prefix = unique_prefix();
-    let a = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
-    let b = TestGateway::start(redis_config(SHARED_REDIS, &prefix)).await;
+    let server = TestRedis::get().await;
+    let a = TestGateway::start(redis_config(&server.url(), &prefix)).await;
+    let b = TestGateway::start(redis_config(&server.url(), &prefix)).await;
     let mut on_a = a.client().await;
     let mut on_b = b.client().await;
     on_a.subscribe("quotes.X").await;
@@ -178,14 +186,15 @@ async fn publish_through_a_node_reaches_every_node() {
 #[tokio::test]
 async fn slow_consumer_is_closed_and_others_keep_flowing() {
     let prefix = unique_prefix();
-    let config = gateway::Config { outbound_queue: 256, ..redis_config(SHARED_REDIS, &prefix) };
+    let server = TestRedis::get().await;
+    let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
     let gw = TestGateway::start(config).await;
     let mut fast = gw.client().await;
     fast.subscribe("quotes.FLOOD").await;
     let mut stalled = gw.client().await;
     stalled.subscribe("quotes.FLOOD").await;
     // Enough bytes to fill the stalled client's socket buffers and queue.
-    let mut redis = shared_redis().await;
+    let mut redis = server.connection().await;
     let channel = format!("{prefix}quotes.FLOOD");
     let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4000));
     let total = 3_000u64;
