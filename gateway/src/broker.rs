@@ -25,6 +25,8 @@ pub enum BrokerError {
     Timeout,
     #[error("backplane refused the request: {0}")]
     Refused(String),
+    #[error("{0}")]
+    NotSupported(&'static str),
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -46,6 +48,23 @@ pub trait Broker: Send + Sync + 'static {
         data_json: &'a str,
         traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, Result<u64, BrokerError>>;
+
+    /// The latest envelope published on `topic`, if the backplane keeps
+    /// one (quotes: the snapshot a new subscriber gets at once).
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>>;
+
+    /// Up to `limit` envelopes of `topic` with `seq > since`, oldest first,
+    /// from the topic's history (empty when it keeps none).
+    fn history_after<'a>(
+        &'a self,
+        topic: &'a Topic,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>>;
+
+    /// Hands an order request (JSON [`wire::orders::OrderRequest`]) to the
+    /// order service; its reply comes back through [`crate::requests`].
+    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Whether the backplane is connected (drives `/readyz`).
     fn is_ready(&self) -> bool;

@@ -60,6 +60,13 @@ pub struct Config {
     pub redis_backoff_max_ms: u64,
     /// Timeout of one Redis connect or subscribe round trip.
     pub redis_timeout_ms: u64,
+    /// How long an `order` waits for the order service's reply before the
+    /// client gets `timeout`.
+    pub order_timeout_ms: u64,
+    /// Orders one connection may have waiting at once (more: `rate_limited`).
+    pub max_pending_orders: usize,
+    /// Envelopes replayed at most for one `subscribe` with `since`.
+    pub replay_limit: usize,
     /// Bearer key that `POST /publish` requires; empty leaves the endpoint
     /// open (fine on loopback, not on a public address).
     pub publish_api_key: String,
@@ -84,6 +91,9 @@ impl Default for Config {
             ws_write_buffer_bytes: 16 * 1024,
             redis_backoff_max_ms: 5_000,
             redis_timeout_ms: 3_000,
+            order_timeout_ms: 5_000,
+            max_pending_orders: 32,
+            replay_limit: 10_000,
             publish_api_key: String::new(),
         }
     }
@@ -147,7 +157,10 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 11] = [
+        let ranges: [(&'static str, u64, u64, u64); 14] = [
+            ("order_timeout_ms", self.order_timeout_ms, 10, 600_000),
+            ("max_pending_orders", self.max_pending_orders as u64, 1, 100_000),
+            ("replay_limit", self.replay_limit as u64, 1, 1_000_000),
             ("max_frame_bytes", self.max_frame_bytes as u64, 128, 16 << 20),
             ("max_subscriptions", self.max_subscriptions as u64, 1, 1_000_000),
             ("outbound_queue", self.outbound_queue as u64, 1, 1_000_000),
@@ -189,6 +202,9 @@ impl Config {
     }
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+    pub fn order_timeout(&self) -> Duration {
+        Duration::from_millis(self.order_timeout_ms)
     }
     pub fn redis_backoff_max(&self) -> Duration {
         Duration::from_millis(self.redis_backoff_max_ms)

@@ -8,21 +8,25 @@
 //! [`Subscriptions`] guard releases every hub entry when the task ends,
 //! however it ends.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::Instrument;
 use wire::client::{Command, Refusal};
-use wire::{CloseCode, ErrorCode, Topic};
+use wire::envelope::Envelope;
+use wire::orders::{OrderReply, OrderRequest};
+use wire::{CloseCode, ErrorCode, Topic, TopicFamily};
 
-use crate::broker::Broker;
+use crate::broker::{BoxFuture, Broker, BrokerError};
 use crate::hub::{ConnId, Hub, Subscriber};
 use crate::metrics::Metrics;
 use crate::node::{Admission, Node};
@@ -42,7 +46,7 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, peer: SocketAddr, admissi
     let conn = Connection {
         subs: Subscriptions {
             conn: id,
-            topics: HashSet::new(),
+            topics: HashMap::new(),
             outbox: Arc::clone(&outbox),
             hub: Arc::clone(&node.hub),
             broker: Arc::clone(&node.broker),
@@ -51,6 +55,7 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, peer: SocketAddr, admissi
         outbox,
         socket,
         batch: VecDeque::new(),
+        orders: FuturesUnordered::new(),
         next_ping: now + node.config.ping_interval(),
         pong_deadline: None,
         close_at: None,
@@ -69,6 +74,8 @@ struct Connection {
     subs: Subscriptions,
     /// Reused buffer the outbox is swapped into.
     batch: VecDeque<Arc<Delivery>>,
+    /// Orders waiting for their reply; each yields the frame to send.
+    orders: FuturesUnordered<BoxFuture<'static, String>>,
     next_ping: Instant,
     /// Set when a ping is out; cleared by any frame from the client.
     pong_deadline: Option<Instant>,
@@ -112,6 +119,11 @@ impl Connection {
                 _ = self.outbox.ready() => {
                     if let Some(end) = self.write_queued().await {
                         return end;
+                    }
+                }
+                Some(frame) = self.orders.next(), if !self.orders.is_empty() => {
+                    if self.send_now(frame).await.is_err() {
+                        return End::Gone;
                     }
                 }
                 msg = self.socket.recv() => {
@@ -170,8 +182,9 @@ impl Connection {
         let mut sent = 0;
         let mut failed = false;
         for delivery in self.batch.drain(..) {
-            // Frames queued before an unsubscribe are not sent after its reply.
-            if failed || !self.subs.topics.contains(delivery.topic.as_str()) {
+            // Frames queued before an unsubscribe are not sent after its reply,
+            // nor frames a snapshot or replay already covered.
+            if failed || !self.subs.admits(&delivery) {
                 continue;
             }
             if self.socket.feed(Message::Text(delivery.text.clone())).await.is_err() {
@@ -220,7 +233,7 @@ impl Connection {
                 self.reply(wire::server::error(code, &message, topic.as_deref(), id.as_deref())).await
             }
             Ok(Command::Ping) => self.reply(wire::server::pong()).await,
-            Ok(Command::Subscribe { topic, since: _ }) => self.subscribe(topic).await,
+            Ok(Command::Subscribe { topic, since }) => self.subscribe(topic, since).await,
             Ok(Command::Unsubscribe { topic }) => {
                 if self.subs.remove(topic.as_str()) {
                     self.reply(wire::server::unsubscribed(topic.as_str())).await
@@ -233,21 +246,66 @@ impl Connection {
                     .await
                 }
             }
-            Ok(Command::Order { id, .. }) => {
-                let frame = wire::server::error(
-                    ErrorCode::NotSupported,
-                    "this node has no order service configured",
-                    None,
-                    Some(&id),
-                );
-                self.node.metrics.client_error(ErrorCode::NotSupported);
-                self.reply(frame).await
-            }
+            Ok(Command::Order { id, order }) => self.order(id, order).await,
         }
     }
 
-    async fn subscribe(&mut self, topic: Topic) -> Option<End> {
-        if self.subs.topics.contains(topic.as_str()) {
+    /// Sends an order to the order service without blocking this loop:
+    /// the reply (or `timeout`) arrives through `self.orders`.
+    async fn order(&mut self, id: Box<RawValue>, order: Box<RawValue>) -> Option<End> {
+        let node = &self.node;
+        if self.orders.len() >= node.config.max_pending_orders {
+            node.metrics.client_error(ErrorCode::RateLimited);
+            let message =
+                format!("at most {} orders in flight per connection", node.config.max_pending_orders);
+            return self.reply(wire::server::error(ErrorCode::RateLimited, &message, None, Some(&id))).await;
+        }
+        let mut pending = node.requests.register();
+        let request = OrderRequest {
+            corr: pending.corr.clone(),
+            node: node.id.clone(),
+            account: None,
+            order,
+            ts: wire::now_ms(),
+            traceparent: None,
+        };
+        let request_json = match serde_json::to_string(&request) {
+            Ok(json) => json,
+            Err(e) => return self.refuse_id(ErrorCode::Internal, &e.to_string(), &id).await,
+        };
+        let broker = Arc::clone(&node.broker);
+        let metrics = Arc::clone(&node.metrics);
+        let wait = node.config.order_timeout();
+        self.orders.push(Box::pin(async move {
+            let error = |code: ErrorCode, message: &str| {
+                metrics.client_error(code);
+                wire::server::error(code, message, None, Some(&id))
+            };
+            match broker.submit_order(request_json).await {
+                Ok(()) => metrics.orders_submitted.inc(),
+                Err(e @ BrokerError::NotSupported(_)) => {
+                    return error(ErrorCode::NotSupported, &e.to_string());
+                }
+                Err(e) => return error(ErrorCode::BackplaneUnavailable, &e.to_string()),
+            };
+            match tokio::time::timeout(wait, &mut pending.reply).await {
+                Ok(Ok(OrderReply { data: Some(data), error: None, .. })) => wire::server::reply(&id, &data),
+                Ok(Ok(OrderReply { error: Some(e), .. })) => {
+                    let code = ErrorCode::parse(&e.code).unwrap_or(ErrorCode::InvalidOrder);
+                    error(code, &e.message)
+                }
+                Ok(Ok(_)) | Ok(Err(_)) => error(ErrorCode::Internal, "the order service sent an empty reply"),
+                Err(_) => {
+                    metrics.order_timeouts.inc();
+                    error(ErrorCode::Timeout, "no reply from the order service in time")
+                }
+            }
+        }));
+        None
+    }
+
+    async fn subscribe(&mut self, topic: Topic, since: Option<u64>) -> Option<End> {
+        if self.subs.topics.contains_key(topic.as_str()) {
             return self
                 .refuse(
                     ErrorCode::AlreadySubscribed,
@@ -269,7 +327,84 @@ impl Connection {
             self.subs.remove(topic.as_str());
             return self.refuse(ErrorCode::BackplaneUnavailable, &e.to_string(), Some(topic.as_str())).await;
         }
-        self.reply(wire::server::subscribed(topic.as_str())).await
+        if let Some(end) = self.reply(wire::server::subscribed(topic.as_str())).await {
+            return Some(end);
+        }
+        self.recover(topic, since).await
+    }
+
+    /// After `subscribed`: replays history after `since` (no gap, no
+    /// duplicate at the seam with live frames already queued), or for
+    /// quotes sends the latest value as a snapshot.
+    async fn recover(&mut self, topic: Topic, since: Option<u64>) -> Option<End> {
+        let broker = Arc::clone(&self.node.broker);
+        let mut sent_up_to = since;
+        if let Some(since) = since {
+            let limit = self.node.config.replay_limit;
+            match broker.history_after(&topic, since, limit).await {
+                Ok(envelopes) => {
+                    let complete = envelopes.len() < limit;
+                    for raw in &envelopes {
+                        let Ok(env) = Envelope::parse(raw, Some(topic.as_str())) else { continue };
+                        if sent_up_to == Some(since) && env.seq > since + 1 {
+                            let message = format!(
+                                "history starts at seq {}; updates after {since} before it are gone",
+                                env.seq
+                            );
+                            if let Some(end) =
+                                self.refuse(ErrorCode::RecoveryFailed, &message, Some(topic.as_str())).await
+                            {
+                                return Some(end);
+                            }
+                        }
+                        if let Some(end) = self.reply(env.to_message_frame()).await {
+                            return Some(end);
+                        }
+                        self.node.metrics.recovered.inc();
+                        sent_up_to = Some(env.seq);
+                    }
+                    if !complete {
+                        let message = format!(
+                            "more than {limit} updates missed; resubscribe with the last seq received"
+                        );
+                        if let Some(end) =
+                            self.refuse(ErrorCode::RecoveryFailed, &message, Some(topic.as_str())).await
+                        {
+                            return Some(end);
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(end) =
+                        self.refuse(ErrorCode::RecoveryFailed, &e.to_string(), Some(topic.as_str())).await
+                    {
+                        return Some(end);
+                    }
+                }
+            }
+        }
+        let replayed = sent_up_to != since;
+        if topic.family() == TopicFamily::Quotes && !replayed {
+            match broker.last_value(&topic).await {
+                Ok(Some(raw)) => {
+                    if let Ok(env) = Envelope::parse(&raw, Some(topic.as_str()))
+                        && since.is_none_or(|s| env.seq > s)
+                    {
+                        if let Some(end) = self.reply(env.to_message_frame()).await {
+                            return Some(end);
+                        }
+                        self.node.metrics.recovered.inc();
+                        sent_up_to = Some(env.seq);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(%topic, error = %e, "snapshot unavailable"),
+            }
+        }
+        if let Some(floor) = sent_up_to {
+            self.subs.set_floor(topic.as_str(), floor);
+        }
+        None
     }
 
     /// Queues a reply in the socket's write buffer (flushed by the loop).
@@ -278,6 +413,11 @@ impl Connection {
             Ok(()) => None,
             Err(_) => Some(End::Gone),
         }
+    }
+
+    async fn refuse_id(&mut self, code: ErrorCode, message: &str, id: &RawValue) -> Option<End> {
+        self.node.metrics.client_error(code);
+        self.reply(wire::server::error(code, message, None, Some(id))).await
     }
 
     async fn refuse(&mut self, code: ErrorCode, message: &str, topic: Option<&str>) -> Option<End> {
@@ -321,7 +461,9 @@ fn read_error(e: axum::Error) -> End {
 /// removes every hub entry and releases topics left empty.
 struct Subscriptions {
     conn: ConnId,
-    topics: HashSet<Topic>,
+    /// Held topics, each with the highest `seq` already sent by a snapshot
+    /// or replay: live frames up to it are duplicates and skipped.
+    topics: HashMap<Topic, Option<u64>>,
     outbox: Arc<Outbox>,
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
@@ -331,16 +473,39 @@ struct Subscriptions {
 impl Subscriptions {
     fn add(&mut self, topic: Topic) {
         self.hub.subscribe(&topic, Subscriber { conn: self.conn, outbox: Arc::clone(&self.outbox) });
-        self.topics.insert(topic);
+        self.topics.insert(topic, None);
         self.metrics.subscriptions.inc();
     }
 
     fn remove(&mut self, topic: &str) -> bool {
-        let Some(topic) = self.topics.take(topic) else {
+        let Some((topic, _)) = self.topics.remove_entry(topic) else {
             return false;
         };
         self.leave(&topic);
         true
+    }
+
+    fn set_floor(&mut self, topic: &str, seq: u64) {
+        if let Some(floor) = self.topics.get_mut(topic) {
+            *floor = Some(seq);
+        }
+    }
+
+    /// Whether a queued frame should go out: its topic is still held and
+    /// it is newer than what recovery sent. The floor is dropped at the
+    /// first newer frame, so a backend that restarts its seq is not muted.
+    fn admits(&mut self, delivery: &Delivery) -> bool {
+        match self.topics.get_mut(delivery.topic.as_str()) {
+            None => false,
+            Some(None) => true,
+            Some(floor @ Some(_)) => {
+                if floor.is_some_and(|f| delivery.seq <= f) {
+                    return false;
+                }
+                *floor = None;
+                true
+            }
+        }
     }
 
     fn leave(&self, topic: &Topic) {
@@ -354,7 +519,7 @@ impl Subscriptions {
 impl Drop for Subscriptions {
     fn drop(&mut self) {
         self.outbox.close();
-        for topic in std::mem::take(&mut self.topics) {
+        for (topic, _) in std::mem::take(&mut self.topics) {
             self.leave(&topic);
         }
     }

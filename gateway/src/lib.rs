@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod requests;
 pub mod server;
 
 pub use config::Config;

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub closes: Family<CodeLabel, Counter>,
     /// Messages accepted by `POST /publish`.
     pub http_published: Counter,
+    /// Order requests handed to the order service.
+    pub orders_submitted: Counter,
+    /// Orders that got no reply in time.
+    pub order_timeouts: Counter,
+    /// Envelopes replayed from history or sent as snapshots on subscribe.
+    pub recovered: Counter,
 }
 
 impl Metrics {
@@ -102,6 +108,17 @@ impl Metrics {
         registry.register("client_errors", "Error frames sent to clients, by code", m.client_errors.clone());
         registry.register("closes", "Connections closed by the gateway, by reason", m.closes.clone());
         registry.register("http_published", "Messages accepted by POST /publish", m.http_published.clone());
+        registry.register(
+            "orders_submitted",
+            "Order requests sent to the order service",
+            m.orders_submitted.clone(),
+        );
+        registry.register("order_timeouts", "Orders with no reply in time", m.order_timeouts.clone());
+        registry.register(
+            "recovered",
+            "Envelopes sent from history or snapshot on subscribe",
+            m.recovered.clone(),
+        );
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

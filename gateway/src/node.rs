@@ -13,6 +13,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
+use crate::requests::Requests;
 
 /// Open files kept free for Redis, HTTP probes and logs when the
 /// connection limit is derived from the open-file limit.
@@ -24,6 +25,8 @@ pub struct Node {
     pub id: String,
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
+    /// Order requests waiting for their reply.
+    pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM: stop admitting, close clients, drain.
     pub shutdown: CancellationToken,
@@ -34,6 +37,16 @@ pub struct Node {
     /// Admitted connections, including ones still upgrading.
     admitted: AtomicUsize,
     next_conn: AtomicU64,
+}
+
+/// What a node is assembled from (see [`crate::server::build_node`]).
+pub struct NodeParts {
+    pub config: Config,
+    pub id: String,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub requests: Arc<Requests>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Held by one admitted connection for its whole life.
@@ -49,15 +62,8 @@ impl Drop for Admission {
 }
 
 impl Node {
-    pub fn new(
-        config: Config,
-        hub: Arc<Hub>,
-        broker: Arc<dyn Broker>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let id =
-            if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
+    pub fn new(parts: NodeParts, shutdown: CancellationToken) -> Self {
+        let NodeParts { config, id, hub, broker, requests, metrics } = parts;
         let max_connections = match config.max_connections {
             0 => open_file_limit().saturating_sub(FD_RESERVE).max(1),
             n => n,
@@ -67,6 +73,7 @@ impl Node {
             id,
             hub,
             broker,
+            requests,
             metrics,
             shutdown,
             tracker: TaskTracker::new(),

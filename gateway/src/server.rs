@@ -22,7 +22,8 @@ use crate::broker::redis::RedisBroker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Node, NodeParts};
+use crate::requests::Requests;
 use crate::{connection, http};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +37,25 @@ pub enum ServerError {
 /// Builds the node for `config`: the Redis backplane when a URL is set,
 /// the in-memory one otherwise.
 pub fn build_node(config: Config, shutdown: CancellationToken) -> Result<Arc<Node>, ServerError> {
+    let id =
+        if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
+    let requests = Arc::new(Requests::default());
     let broker: Arc<dyn Broker> = if config.redis_url.is_empty() {
         Arc::new(MemoryBroker::new(Arc::clone(&hub)))
     } else {
-        Arc::new(RedisBroker::start(&config, Arc::clone(&hub), Arc::clone(&metrics), shutdown.clone())?)
+        Arc::new(RedisBroker::start(
+            &config,
+            &id,
+            Arc::clone(&hub),
+            Arc::clone(&requests),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        )?)
     };
-    Ok(Arc::new(Node::new(config, hub, broker, metrics, shutdown)))
+    let parts = NodeParts { config, id, hub, broker, requests, metrics };
+    Ok(Arc::new(Node::new(parts, shutdown)))
 }
 
 pub fn router(node: Arc<Node>) -> Router {

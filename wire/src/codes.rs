@@ -80,6 +80,11 @@ impl ErrorCode {
         }
     }
 
+    /// The code named `s`, if it is one of ours.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// Every code, for metrics labels and docs.
     pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,

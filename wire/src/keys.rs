@@ -48,9 +48,14 @@ pub fn order_requests(prefix: &str) -> String {
 }
 
 /// Channel on which one gateway node receives the replies to its requests.
+/// `@` cannot appear in a topic, so no topic's channel can collide with it
+/// (a client cannot subscribe to another node's replies, nor release ours).
 pub fn node_replies(prefix: &str, node_id: &str) -> String {
-    format!("{prefix}replies:{node_id}")
+    format!("{prefix}@replies:{node_id}")
 }
+
+/// Field of a history stream entry that holds the envelope JSON.
+pub const HISTORY_FIELD: &str = "env";
 
 #[cfg(test)]
 mod tests {
@@ -64,5 +69,8 @@ mod tests {
         assert_eq!(history("rt:", "orders.a"), "rt:history:{orders.a}");
         assert_eq!(seq_of_history_id(&history_id(42)), Some(42));
         assert_eq!(seq_of_history_id("5-1"), None);
+        let replies = node_replies("rt:", "n1");
+        let as_topic = topic_of_channel("rt:", &replies).unwrap();
+        assert!(crate::topic::validate(as_topic).is_err(), "no topic maps to a reply channel");
     }
 }

@@ -27,7 +27,10 @@ use super::{BoxFuture, Broker, BrokerError};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::requests::Requests;
 
+/// Order requests kept in the stream at most (trimmed approximately).
+const ORDER_STREAM_MAXLEN: usize = 100_000;
 /// Channels per SUBSCRIBE when re-subscribing a large set.
 const RESUBSCRIBE_CHUNK: usize = 1000;
 /// Commands gathered into one batch.
@@ -65,7 +68,9 @@ impl RedisBroker {
     /// whose Redis is not up yet starts anyway (and reports not ready).
     pub fn start(
         config: &Config,
+        node_id: &str,
         hub: Arc<Hub>,
+        requests: Arc<Requests>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
@@ -85,6 +90,8 @@ impl RedisBroker {
         let manager = Manager {
             client,
             hub,
+            requests,
+            reply_channel: keys::node_replies(&config.channel_prefix, node_id),
             metrics,
             prefix: config.channel_prefix.clone(),
             ready: Arc::clone(&ready),
@@ -150,6 +157,51 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
+        Box::pin(async move {
+            let key = keys::last_value(&self.prefix, topic.as_str());
+            self.query(redis::cmd("GET").arg(key)).await
+        })
+    }
+
+    fn history_after<'a>(
+        &'a self,
+        topic: &'a Topic,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
+        Box::pin(async move {
+            let key = keys::history(&self.prefix, topic.as_str());
+            let start = format!("({}", keys::history_id(since));
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(limit);
+            let reply: redis::streams::StreamRangeReply = self.query(&cmd).await?;
+            Ok(reply
+                .ids
+                .into_iter()
+                .filter_map(|mut entry| match entry.map.remove(keys::HISTORY_FIELD) {
+                    Some(redis::Value::BulkString(bytes)) => Some(bytes),
+                    _ => None,
+                })
+                .collect())
+        })
+    }
+
+    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(keys::order_requests(&self.prefix))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(ORDER_STREAM_MAXLEN)
+                .arg("*")
+                .arg(wire::orders::REQUEST_FIELD)
+                .arg(request_json);
+            let _id: String = self.query(&cmd).await?;
+            Ok(())
+        })
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
@@ -159,10 +211,25 @@ impl Broker for RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// Runs one command on a pooled connection, bounded by the timeout.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            cmd.query_async::<T>(&mut conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
+        };
+        timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
+    }
+}
+
 /// Owns the pub/sub connection and the node's wanted-topic set.
 struct Manager {
     client: redis::Client,
     hub: Arc<Hub>,
+    /// Where replies to this node's order requests go.
+    requests: Arc<Requests>,
+    /// This node's reply channel: subscribed on every connection, never released.
+    reply_channel: String,
     metrics: Arc<Metrics>,
     prefix: String,
     ready: Arc<AtomicBool>,
@@ -203,8 +270,12 @@ impl Manager {
                     self.generation += 1;
                     let reader = tokio::spawn(read_messages(
                         stream,
-                        Arc::clone(&self.hub),
-                        self.prefix.clone(),
+                        Reader {
+                            hub: Arc::clone(&self.hub),
+                            requests: Arc::clone(&self.requests),
+                            prefix: self.prefix.clone(),
+                            reply_channel: self.reply_channel.clone(),
+                        },
                         self.lost_tx.clone(),
                         self.generation,
                     ));
@@ -248,8 +319,9 @@ impl Manager {
         let (mut sink, stream) = pubsub.split();
         // Before declaring readiness, subscribe everything still wanted.
         self.drop_unwanted();
-        let channels: Vec<String> =
+        let mut channels: Vec<String> =
             self.wanted.iter().map(|t| keys::channel(&self.prefix, t.as_str())).collect();
+        channels.push(self.reply_channel.clone());
         for chunk in channels.chunks(RESUBSCRIBE_CHUNK) {
             timeout(self.timeout, sink.subscribe(chunk))
                 .await
@@ -435,17 +507,28 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Feeds one connection's messages into the hub until it ends.
+/// Where a reader delivers what it receives.
+struct Reader {
+    hub: Arc<Hub>,
+    requests: Arc<Requests>,
+    prefix: String,
+    reply_channel: String,
+}
+
+/// Feeds one connection's messages into the hub (topics) and the
+/// request table (replies) until it ends.
 async fn read_messages(
     mut stream: PubSubStream,
-    hub: Arc<Hub>,
-    prefix: String,
+    reader: Reader,
     lost: mpsc::UnboundedSender<Command>,
     generation: u64,
 ) {
     while let Some(msg) = stream.next().await {
-        if let Some(topic) = keys::topic_of_channel(&prefix, msg.get_channel_name()) {
-            hub.ingest(topic, msg.get_payload_bytes());
+        let channel = msg.get_channel_name();
+        if channel == reader.reply_channel {
+            reader.requests.resolve(msg.get_payload_bytes());
+        } else if let Some(topic) = keys::topic_of_channel(&reader.prefix, channel) {
+            reader.hub.ingest(topic, msg.get_payload_bytes());
         }
     }
     let _ = lost.send(Command::Lost(generation));
