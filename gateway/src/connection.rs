@@ -107,8 +107,9 @@ impl Connection {
     async fn serve(&mut self) -> End {
         loop {
             let deadline = self.next_deadline();
+            // Not `biased`: under a constant stream the outbox is always
+            // ready, and reads (pongs, unsubscribes) must still get turns.
             tokio::select! {
-                biased;
                 _ = self.node.shutdown.cancelled(), if self.close_at.is_none() => {
                     // Spread closes over the first half of the drain window so
                     // clients do not all reconnect elsewhere at the same instant.
@@ -222,7 +223,11 @@ impl Connection {
                 None
             }
             Message::Ping(_) | Message::Pong(_) => None,
-            Message::Close(_) => Some(End::Gone),
+            Message::Close(_) => {
+                // Sends the close reply tungstenite queued.
+                let _ = self.socket.flush().await;
+                Some(End::Gone)
+            }
         }
     }
 

@@ -219,3 +219,29 @@ async fn slow_consumer_is_closed_and_others_keep_flowing() {
     assert!(gw.metric("gateway_frames_dropped_total").await >= 1.0);
     assert_eq!(stalled.close_code().await, Some(4001));
 }
+
+#[tokio::test]
+async fn an_idle_backplane_connection_stays_up_across_health_pings() {
+    let server = TestRedis::get().await;
+    let prefix = unique_prefix();
+    // Health PINGs run every redis_timeout (500 ms here).
+    let config = gateway::Config { redis_timeout_ms: 500, ..redis_config(&server.url(), &prefix) };
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client().await;
+    c.subscribe("quotes.IDLE").await;
+    c.expect_silence(Duration::from_millis(1_800)).await;
+    assert_eq!(
+        gw.metric("gateway_backplane_reconnects_total").await,
+        0.0,
+        "health pings must not drop the link"
+    );
+    let mut redis = server.connection().await;
+    let n: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}quotes.IDLE"))
+        .arg(envelope("quotes.IDLE", 1, "{}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(c.frame().await.seq, Some(1));
+}

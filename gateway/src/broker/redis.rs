@@ -35,8 +35,6 @@ const ORDER_STREAM_MAXLEN: usize = 100_000;
 const RESUBSCRIBE_CHUNK: usize = 1000;
 /// Commands gathered into one batch.
 const BATCH: usize = 512;
-/// How often an idle pub/sub connection is PINGed to detect a dead peer.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 
 /// Atomically takes the next `seq` of a topic and publishes the envelope
@@ -348,7 +346,9 @@ impl Manager {
         } else {
             tracing::info!("redis backplane connected");
         }
-        let mut health = tokio::time::interval(HEALTH_INTERVAL);
+        // PING as often as the timeout allows, so a peer that vanished
+        // without closing the socket is noticed within two timeouts.
+        let mut health = tokio::time::interval(self.timeout.max(Duration::from_millis(500)));
         health.reset();
         loop {
             let next_release = self.releasing.values().min().copied();
@@ -373,7 +373,8 @@ impl Manager {
                     }
                 }
                 _ = health.tick() => {
-                    match timeout(self.timeout, sink.ping::<String>()).await {
+                    // In subscribed mode (RESP2) PING answers ["pong", ""], not +PONG.
+                    match timeout(self.timeout, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Ended::Lost(e.to_string()),
                         Err(_) => return Ended::Lost("ping timed out".into()),
