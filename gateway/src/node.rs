@@ -16,7 +16,8 @@ use crate::metrics::Metrics;
 use crate::requests::Requests;
 
 /// Open files kept free for Redis, HTTP probes and logs when the
-/// connection limit is derived from the open-file limit.
+/// connection limit is derived from the open-file limit (at most a
+/// quarter of a small limit).
 const FD_RESERVE: usize = 256;
 
 pub struct Node {
@@ -65,7 +66,10 @@ impl Node {
     pub fn new(parts: NodeParts, shutdown: CancellationToken) -> Self {
         let NodeParts { config, id, hub, broker, requests, metrics } = parts;
         let max_connections = match config.max_connections {
-            0 => open_file_limit().saturating_sub(FD_RESERVE).max(1),
+            0 => {
+                let files = open_file_limit();
+                files.saturating_sub(FD_RESERVE.min(files / 4)).max(1)
+            }
             n => n,
         };
         Node {
