@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod redis;
+mod redis_pubsub;
 
 use std::future::Future;
 use std::pin::Pin;

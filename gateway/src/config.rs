@@ -56,6 +56,8 @@ pub struct Config {
     /// Frames queued for a socket are gathered up to this many bytes and
     /// written with one syscall.
     pub ws_write_buffer_bytes: usize,
+    /// Redis pub/sub connections; topics are spread over them by hash.
+    pub pubsub_connections: usize,
     /// Backoff cap between Redis reconnect attempts.
     pub redis_backoff_max_ms: u64,
     /// Timeout of one Redis connect or subscribe round trip.
@@ -89,6 +91,7 @@ impl Default for Config {
             unsubscribe_grace_ms: 2_000,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            pubsub_connections: 1,
             redis_backoff_max_ms: 5_000,
             redis_timeout_ms: 3_000,
             order_timeout_ms: 5_000,
@@ -157,7 +160,8 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 14] = [
+        let ranges: [(&'static str, u64, u64, u64); 15] = [
+            ("pubsub_connections", self.pubsub_connections as u64, 1, 64),
             ("order_timeout_ms", self.order_timeout_ms, 10, 600_000),
             ("max_pending_orders", self.max_pending_orders as u64, 1, 100_000),
             ("replay_limit", self.replay_limit as u64, 1, 1_000_000),

@@ -38,7 +38,7 @@ pub struct Metrics {
     pub backplane_invalid: Counter,
     /// Backplane connections (re)established after a loss.
     pub backplane_reconnects: Counter,
-    /// 1 while the backplane is connected.
+    /// Backplane pub/sub connections currently up.
     pub backplane_up: Gauge,
     /// Frames written to client sockets.
     pub frames_sent: Counter,
@@ -97,7 +97,7 @@ impl Metrics {
             "Backplane connections re-established",
             m.backplane_reconnects.clone(),
         );
-        registry.register("backplane_up", "1 while the backplane is connected", m.backplane_up.clone());
+        registry.register("backplane_up", "Backplane pub/sub connections up", m.backplane_up.clone());
         registry.register("frames_sent", "Frames written to client sockets", m.frames_sent.clone());
         registry.register("socket_writes", "Batched socket writes", m.socket_writes.clone());
         registry.register(

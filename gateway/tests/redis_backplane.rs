@@ -245,3 +245,44 @@ async fn an_idle_backplane_connection_stays_up_across_health_pings() {
     assert_eq!(n, 1);
     assert_eq!(c.frame().await.seq, Some(1));
 }
+
+#[tokio::test]
+async fn topics_spread_over_several_pubsub_connections() {
+    let redis = RedisProcess::start().await;
+    let config = gateway::Config { pubsub_connections: 4, ..redis_config(&redis.url(), "rt:") };
+    let gw = TestGateway::start(config).await;
+    assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 4.0).await, 4.0);
+    let mut c = gw.client().await;
+    let topics: Vec<String> = (0..20).map(|i| format!("quotes.S{i}")).collect();
+    for t in &topics {
+        c.subscribe(t).await;
+    }
+    let mut conn = redis.connection().await.unwrap();
+    let list: String =
+        redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
+    let subs: Vec<u32> = list
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace().find_map(|kv| kv.strip_prefix("sub=")).map(|n| n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(subs.len(), 4, "{list}");
+    assert!(subs.iter().all(|n| *n > 0), "every connection carries topics: {subs:?}");
+    assert_eq!(subs.iter().sum::<u32>(), 21, "20 topics and the reply channel, each once");
+    for (i, t) in topics.iter().enumerate() {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("rt:{t}"))
+            .arg(envelope(t, i as u64 + 1, "{}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..20 {
+        got.push(c.frame().await.topic.unwrap());
+    }
+    got.sort();
+    let mut want = topics.clone();
+    want.sort();
+    assert_eq!(got, want);
+}
