@@ -5,6 +5,7 @@
 //! `gateway.example.toml` at the repository root documents every key.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -71,7 +72,14 @@ pub struct Config {
     pub replay_limit: usize,
     /// Bearer key that `POST /publish` requires; empty leaves the endpoint
     /// open (fine on loopback, not on a public address).
-    pub publish_api_key: String,
+    pub publish_api_key: Secret,
+    /// HS256 secret that client JWTs are signed with; empty turns
+    /// authentication off (every topic open: development only).
+    pub jwt_secret: Secret,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub jwt_leeway_secs: u64,
+    /// Whether topics other than `orders.*` may be read without a token.
+    pub public_topics: bool,
 }
 
 impl Default for Config {
@@ -97,8 +105,38 @@ impl Default for Config {
             order_timeout_ms: 5_000,
             max_pending_orders: 32,
             replay_limit: 10_000,
-            publish_api_key: String::new(),
+            publish_api_key: Secret::default(),
+            jwt_secret: Secret::default(),
+            jwt_leeway_secs: 30,
+            public_topics: true,
         }
+    }
+}
+
+/// A configured secret: deserialised like a string, never shown by
+/// `Debug` (so never in logs).
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"<redacted>\"" })
     }
 }
 
@@ -160,7 +198,8 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 15] = [
+        let ranges: [(&'static str, u64, u64, u64); 16] = [
+            ("jwt_leeway_secs", self.jwt_leeway_secs, 0, 3_600),
             ("pubsub_connections", self.pubsub_connections as u64, 1, 64),
             ("order_timeout_ms", self.order_timeout_ms, 10, 600_000),
             ("max_pending_orders", self.max_pending_orders as u64, 1, 100_000),
@@ -252,6 +291,14 @@ mod tests {
             let env = format!("GATEWAY_{}", key.to_uppercase());
             assert!(text.contains(&env), "example file names {env}");
         }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let cfg = Config { jwt_secret: "hunter2".into(), publish_api_key: "k3y".into(), ..Config::default() };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("k3y"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use wire::envelope::Envelope;
 use wire::orders::{OrderReply, OrderRequest};
 use wire::{CloseCode, ErrorCode, Topic, TopicFamily};
 
+use crate::auth::{AuthError, Identity};
 use crate::broker::{BoxFuture, Broker, BrokerError};
 use crate::hub::{ConnId, Hub, Subscriber};
 use crate::metrics::Metrics;
@@ -36,14 +37,31 @@ use crate::outbox::{Delivery, Outbox};
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 
 /// Runs one upgraded connection to its end.
-pub async fn serve(socket: WebSocket, node: Arc<Node>, peer: SocketAddr, admission: Admission) {
+pub async fn serve(
+    socket: WebSocket,
+    node: Arc<Node>,
+    peer: SocketAddr,
+    identity: Result<Identity, AuthError>,
+    admission: Admission,
+) {
     let id = node.next_conn_id();
     let span = tracing::debug_span!("conn", conn.id = id.0, client.addr = %peer);
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
     let outbox = Arc::new(Outbox::new(node.config.outbound_queue));
     let now = Instant::now();
+    let (identity, refused) = match identity {
+        Ok(identity) => (identity, None),
+        Err(e) => (Identity::default(), Some(e)),
+    };
+    // A token's expiry, as a point on this process's monotonic clock.
+    let expires_at = identity.expires_at.map(|exp| {
+        let left = exp.saturating_sub(wire::now_ms() / 1000);
+        now + Duration::from_secs(left)
+    });
     let conn = Connection {
+        identity,
+        expires_at,
         subs: Subscriptions {
             conn: id,
             topics: HashMap::new(),
@@ -62,13 +80,20 @@ pub async fn serve(socket: WebSocket, node: Arc<Node>, peer: SocketAddr, admissi
         node,
     };
     let metrics = Arc::clone(&conn.node.metrics);
-    conn.run().instrument(span).await;
+    match refused {
+        None => conn.run().instrument(span).await,
+        Some(e) => conn.refuse_token(&e.to_string()).instrument(span).await,
+    }
     metrics.connections.dec();
     drop(admission);
 }
 
 struct Connection {
     node: Arc<Node>,
+    /// Who is on the other end (anonymous when no token was given).
+    identity: Identity,
+    /// The token's expiry: the connection is closed (1008) then.
+    expires_at: Option<Instant>,
     socket: WebSocket,
     outbox: Arc<Outbox>,
     subs: Subscriptions,
@@ -102,6 +127,16 @@ impl Connection {
             self.close(code).await;
         }
         tracing::debug!("disconnected");
+    }
+
+    /// A client whose token was refused: say why, then close with 1008.
+    async fn refuse_token(mut self, why: &str) {
+        tracing::debug!(error = why, "token refused");
+        self.node.metrics.client_error(ErrorCode::Unauthorized);
+        let frame = wire::server::error(ErrorCode::Unauthorized, why, None, None);
+        if self.send_now(frame).await.is_ok() {
+            self.close(CloseCode::PolicyViolation).await;
+        }
     }
 
     async fn serve(&mut self) -> End {
@@ -150,8 +185,8 @@ impl Connection {
         if let Some(d) = self.pong_deadline {
             at = at.min(d);
         }
-        if let Some(c) = self.close_at {
-            at = at.min(c);
+        for t in [self.close_at, self.expires_at].into_iter().flatten() {
+            at = at.min(t);
         }
         at
     }
@@ -160,6 +195,10 @@ impl Connection {
         let now = Instant::now();
         if self.close_at.is_some_and(|c| c <= now) {
             return Some(End::Close(CloseCode::ServiceRestart));
+        }
+        if self.expires_at.is_some_and(|e| e <= now) {
+            self.refuse(ErrorCode::Unauthorized, "token expired; reconnect with a fresh one", None).await;
+            return Some(End::Close(CloseCode::PolicyViolation));
         }
         if self.pong_deadline.is_some_and(|d| d <= now) {
             tracing::debug!("heartbeat timeout");
@@ -265,11 +304,15 @@ impl Connection {
                 format!("at most {} orders in flight per connection", node.config.max_pending_orders);
             return self.reply(wire::server::error(ErrorCode::RateLimited, &message, None, Some(&id))).await;
         }
+        let account = match node.auth.order_account(&self.identity) {
+            Ok(account) => account,
+            Err(code) => return self.refuse_id(code, "orders need a token", &id).await,
+        };
         let mut pending = node.requests.register();
         let request = OrderRequest {
             corr: pending.corr.clone(),
             node: node.id.clone(),
-            account: None,
+            account,
             order,
             ts: wire::now_ms(),
             traceparent: None,
@@ -318,6 +361,13 @@ impl Connection {
                     Some(topic.as_str()),
                 )
                 .await;
+        }
+        if let Err(code) = self.node.auth.may_subscribe(&self.identity, &topic) {
+            let message = match code {
+                ErrorCode::Forbidden => "this token does not grant that topic",
+                _ => "this topic needs a token",
+            };
+            return self.refuse(code, message, Some(topic.as_str())).await;
         }
         if self.subs.topics.len() >= self.node.config.max_subscriptions {
             let message =

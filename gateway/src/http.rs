@@ -60,7 +60,7 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Re
 
 /// `POST /publish` with `{"topic": …, "data": {…}}`; answers `{"topic", "seq"}`.
 pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = &node.config.publish_api_key;
+    let key = node.config.publish_api_key.expose();
     if !key.is_empty() {
         let given = headers
             .get(header::AUTHORIZATION)

@@ -5,6 +5,7 @@
 //! [`broker`] carries messages between nodes (Redis or in-memory), each
 //! [`connection`] runs one socket, and [`server`] glues them together.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{ConnId, Hub};
@@ -28,6 +29,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Order requests waiting for their reply.
     pub requests: Arc<Requests>,
+    /// Token checks and topic permissions.
+    pub auth: Auth,
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM: stop admitting, close clients, drain.
     pub shutdown: CancellationToken,
@@ -73,6 +76,7 @@ impl Node {
             n => n,
         };
         Node {
+            auth: Auth::from_config(&config),
             config,
             id,
             hub,

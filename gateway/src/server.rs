@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -85,6 +85,9 @@ pub async fn run(
         max_connections = node.max_connections,
         "gateway listening"
     );
+    if node.config.jwt_secret.is_empty() {
+        tracing::warn!("authentication is off (no jwt_secret): every topic, orders.* included, is open");
+    }
     if node.config.publish_api_key.is_empty() {
         tracing::warn!("POST /publish is open to anyone who reaches this port; set publish_api_key");
     }
@@ -108,6 +111,8 @@ pub async fn run(
 async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let Some(admission) = node.admit() else {
@@ -116,11 +121,16 @@ async fn upgrade(
             if node.shutdown.is_cancelled() { "node is draining" } else { "node is at max_connections" };
         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = crate::auth::token_from(query.as_deref(), authorization);
+    // A refused token still gets the upgrade, so a browser client can read
+    // why in the close frame (1008) instead of an opaque failed handshake.
+    let identity = node.auth.authenticate(token.as_deref());
     let cfg = &node.config;
     ws.read_buffer_size(cfg.ws_read_buffer_bytes)
         .write_buffer_size(cfg.ws_write_buffer_bytes)
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| connection::serve(socket, node, peer, admission))
+        .on_upgrade(move |socket| connection::serve(socket, node, peer, identity, admission))
 }
