@@ -37,6 +37,8 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Frames that may wait for one slow socket before it is closed (4001).
     pub outbound_queue: usize,
+    /// Bytes that may wait for one slow socket before it is closed (4001).
+    pub max_pending_bytes: usize,
     /// WebSocket connections this node accepts; 0 means automatic: the
     /// open-file limit less a reserve for Redis, logs and HTTP.
     pub max_connections: usize,
@@ -92,6 +94,7 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             max_subscriptions: 1024,
             outbound_queue: 1024,
+            max_pending_bytes: 4 << 20,
             max_connections: 0,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 10_000,
@@ -198,7 +201,7 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 16] = [
+        let ranges: [(&'static str, u64, u64, u64); 17] = [
             ("jwt_leeway_secs", self.jwt_leeway_secs, 0, 3_600),
             ("pubsub_connections", self.pubsub_connections as u64, 1, 64),
             ("order_timeout_ms", self.order_timeout_ms, 10, 600_000),
@@ -207,6 +210,7 @@ impl Config {
             ("max_frame_bytes", self.max_frame_bytes as u64, 128, 16 << 20),
             ("max_subscriptions", self.max_subscriptions as u64, 1, 1_000_000),
             ("outbound_queue", self.outbound_queue as u64, 1, 1_000_000),
+            ("max_pending_bytes", self.max_pending_bytes as u64, 1024, 1 << 32),
             ("max_connections", self.max_connections as u64, 0, 10_000_000),
             ("ping_interval_ms", self.ping_interval_ms, 10, 3_600_000),
             ("ping_timeout_ms", self.ping_timeout_ms, 10, 3_600_000),

@@ -31,7 +31,7 @@ use crate::broker::{BoxFuture, Broker, BrokerError};
 use crate::hub::{ConnId, Hub, Subscriber};
 use crate::metrics::Metrics;
 use crate::node::{Admission, Node};
-use crate::outbox::{Delivery, Outbox};
+use crate::outbox::{Delivery, Limits, Outbox};
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
@@ -48,7 +48,8 @@ pub async fn serve(
     let span = tracing::debug_span!("conn", conn.id = id.0, client.addr = %peer);
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
-    let outbox = Arc::new(Outbox::new(node.config.outbound_queue));
+    let limits = Limits { frames: node.config.outbound_queue, bytes: node.config.max_pending_bytes };
+    let outbox = Arc::new(Outbox::new(limits));
     let now = Instant::now();
     let (identity, refused) = match identity {
         Ok(identity) => (identity, None),

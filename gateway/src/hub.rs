@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
-use wire::Topic;
 use wire::envelope::Envelope;
+use wire::{Topic, TopicFamily};
 
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, Pushed};
@@ -131,11 +131,11 @@ impl Hub {
             return 0;
         };
         let delivery = Arc::new(delivery);
-        let mut queued = 0;
-        let mut dropped = 0;
+        let (mut queued, mut conflated, mut dropped) = (0, 0, 0);
         for sub in list.iter() {
             match sub.outbox.push(&delivery) {
                 Pushed::Queued => queued += 1,
+                Pushed::Conflated => conflated += 1,
                 Pushed::Overflow => dropped += 1,
                 Pushed::Closed => {}
             }
@@ -143,7 +143,10 @@ impl Hub {
         if dropped > 0 {
             self.metrics.frames_dropped.inc_by(dropped);
         }
-        queued
+        if conflated > 0 {
+            self.metrics.frames_conflated.inc_by(conflated);
+        }
+        queued + conflated as usize
     }
 
     /// Takes one envelope from the backplane: parse it once, build the
@@ -167,17 +170,19 @@ impl Hub {
             return 0;
         };
         let text = Utf8Bytes::from(env.to_message_frame());
-        self.dispatch(Delivery { topic, seq: env.seq, text })
+        let conflatable = topic.family() == TopicFamily::Quotes;
+        self.dispatch(Delivery { topic, seq: env.seq, text, conflatable })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Limits;
     use std::collections::VecDeque;
 
     fn sub(id: u64) -> Subscriber {
-        Subscriber { conn: ConnId(id), outbox: Arc::new(Outbox::new(8)) }
+        Subscriber { conn: ConnId(id), outbox: Arc::new(Outbox::new(Limits { frames: 8, bytes: 1 << 20 })) }
     }
 
     #[test]

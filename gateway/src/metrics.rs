@@ -46,6 +46,8 @@ pub struct Metrics {
     pub socket_writes: Counter,
     /// Frames a full outbound queue could not take.
     pub frames_dropped: Counter,
+    /// Quotes that replaced an older pending quote of a slow client.
+    pub frames_conflated: Counter,
     /// `error` frames sent, by code.
     pub client_errors: Family<CodeLabel, Counter>,
     /// Connections the gateway closed, by close reason.
@@ -100,6 +102,11 @@ impl Metrics {
         registry.register("backplane_up", "Backplane pub/sub connections up", m.backplane_up.clone());
         registry.register("frames_sent", "Frames written to client sockets", m.frames_sent.clone());
         registry.register("socket_writes", "Batched socket writes", m.socket_writes.clone());
+        registry.register(
+            "frames_conflated",
+            "Pending quotes replaced by newer ones",
+            m.frames_conflated.clone(),
+        );
         registry.register(
             "frames_dropped",
             "Frames refused by a full outbound queue",

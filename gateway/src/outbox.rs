@@ -2,10 +2,13 @@
 //! connection task takes them all out at once and writes them in one
 //! batch.
 //!
-//! Bounded: when a client stops reading and its queue is full the frame is
-//! refused and the queue marked overflowed; the connection then closes
-//! with `slow_consumer` (4001) so the client reconnects and recovers
-//! instead of silently missing updates, and the hub never waits.
+//! Bounded in frames and bytes, and never blocking the hub. Under
+//! pressure (the queue half full) a quote replaces the pending frame of
+//! its own topic instead of queueing behind it: a slow client gets the
+//! latest price, not a backlog. Anything else that does not fit marks the
+//! queue overflowed; the connection then closes with `slow_consumer`
+//! (4001) so the client reconnects and recovers with `since`: order
+//! updates are never silently dropped.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,43 +23,66 @@ pub struct Delivery {
     pub topic: Topic,
     pub seq: u64,
     pub text: Utf8Bytes,
+    /// A newer frame of the same topic supersedes this one (quotes).
+    pub conflatable: bool,
 }
 
 /// What a push did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
+    /// Replaced an older pending frame of the same topic.
+    Conflated,
     /// The queue was full; the frame was dropped and the queue overflowed.
     Overflow,
     /// The connection is gone; nothing to do.
     Closed,
 }
 
+/// How much may wait for one socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
 pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the connection task when the queue goes from empty to not.
     notify: Notify,
-    capacity: usize,
+    limits: Limits,
 }
 
 #[derive(Default)]
 struct State {
     frames: VecDeque<Arc<Delivery>>,
+    /// Bytes of the frames queued.
+    bytes: usize,
     overflowed: bool,
     closed: bool,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Self {
-        Outbox { state: Mutex::default(), notify: Notify::new(), capacity }
+    pub fn new(limits: Limits) -> Self {
+        Outbox { state: Mutex::default(), notify: Notify::new(), limits }
     }
 
     pub fn push(&self, delivery: &Arc<Delivery>) -> Pushed {
+        let size = delivery.text.len();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.closed {
             return Pushed::Closed;
         }
-        if state.frames.len() >= self.capacity {
+        let pressured = state.frames.len() * 2 >= self.limits.frames || state.bytes * 2 >= self.limits.bytes;
+        if pressured && delivery.conflatable {
+            let st = &mut *state;
+            if let Some(slot) = st.frames.iter_mut().rev().find(|d| d.topic == delivery.topic) {
+                st.bytes = st.bytes - slot.text.len() + size;
+                *slot = Arc::clone(delivery);
+                return Pushed::Conflated;
+            }
+        }
+        if state.frames.len() >= self.limits.frames || state.bytes + size > self.limits.bytes {
             let first = !state.overflowed;
             state.overflowed = true;
             drop(state);
@@ -67,6 +93,7 @@ impl Outbox {
         }
         let was_empty = state.frames.is_empty();
         state.frames.push_back(Arc::clone(delivery));
+        state.bytes += size;
         drop(state);
         if was_empty {
             self.notify.notify_one();
@@ -85,6 +112,7 @@ impl Outbox {
     pub fn take(&self, into: &mut VecDeque<Arc<Delivery>>) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut state.frames, into);
+        state.bytes = 0;
         state.overflowed
     }
 
@@ -93,6 +121,7 @@ impl Outbox {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.closed = true;
         state.frames = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -100,22 +129,58 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn delivery(seq: u64) -> Arc<Delivery> {
-        Arc::new(Delivery { topic: Topic::parse("t").unwrap(), seq, text: Utf8Bytes::from_static("{}") })
+    fn delivery(topic: &str, seq: u64) -> Arc<Delivery> {
+        let topic = Topic::parse(topic).unwrap();
+        let conflatable = topic.family() == wire::TopicFamily::Quotes;
+        Arc::new(Delivery { topic, seq, text: Utf8Bytes::from_static("{}"), conflatable })
+    }
+
+    fn seqs(outbox: &Outbox) -> Vec<(String, u64)> {
+        let mut batch = VecDeque::new();
+        outbox.take(&mut batch);
+        batch.iter().map(|d| (d.topic.to_string(), d.seq)).collect()
     }
 
     #[tokio::test]
     async fn queues_wakes_and_overflows() {
-        let outbox = Outbox::new(2);
-        assert_eq!(outbox.push(&delivery(1)), Pushed::Queued);
-        assert_eq!(outbox.push(&delivery(2)), Pushed::Queued);
-        assert_eq!(outbox.push(&delivery(3)), Pushed::Overflow);
+        let outbox = Outbox::new(Limits { frames: 2, bytes: 1 << 20 });
+        assert_eq!(outbox.push(&delivery("orders.a", 1)), Pushed::Queued);
+        assert_eq!(outbox.push(&delivery("orders.a", 2)), Pushed::Queued);
+        assert_eq!(outbox.push(&delivery("orders.a", 3)), Pushed::Overflow);
         // The permit stored by the first push makes this return at once.
         tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready()).await.unwrap();
         let mut batch = VecDeque::new();
         assert!(outbox.take(&mut batch));
         assert_eq!(batch.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2]);
         outbox.close();
-        assert_eq!(outbox.push(&delivery(4)), Pushed::Closed);
+        assert_eq!(outbox.push(&delivery("orders.a", 4)), Pushed::Closed);
+    }
+
+    #[test]
+    fn quotes_conflate_under_pressure_only() {
+        let outbox = Outbox::new(Limits { frames: 4, bytes: 1 << 20 });
+        assert_eq!(outbox.push(&delivery("quotes.A", 1)), Pushed::Queued);
+        assert_eq!(outbox.push(&delivery("quotes.A", 2)), Pushed::Queued, "no pressure yet: keep both");
+        assert_eq!(outbox.push(&delivery("orders.x", 1)), Pushed::Queued);
+        assert_eq!(outbox.push(&delivery("quotes.A", 3)), Pushed::Conflated);
+        assert_eq!(outbox.push(&delivery("quotes.B", 1)), Pushed::Queued);
+        assert_eq!(outbox.push(&delivery("quotes.B", 2)), Pushed::Conflated, "full, but B conflates");
+        assert_eq!(outbox.push(&delivery("orders.x", 2)), Pushed::Overflow, "orders are never conflated");
+        let got = seqs(&outbox);
+        let want = [("quotes.A", 1), ("quotes.A", 3), ("orders.x", 1), ("quotes.B", 2)];
+        assert_eq!(got, want.map(|(t, s)| (t.to_string(), s)));
+    }
+
+    #[test]
+    fn byte_limit_counts_too() {
+        let big = |seq| {
+            let text = Utf8Bytes::from("x".repeat(600));
+            Arc::new(Delivery { topic: Topic::parse("orders.a").unwrap(), seq, text, conflatable: false })
+        };
+        let outbox = Outbox::new(Limits { frames: 100, bytes: 1000 });
+        assert_eq!(outbox.push(&big(1)), Pushed::Queued);
+        assert_eq!(outbox.push(&big(2)), Pushed::Overflow);
+        outbox.take(&mut VecDeque::new());
+        assert_eq!(outbox.push(&big(3)), Pushed::Queued, "taking frees the bytes");
     }
 }

@@ -183,21 +183,12 @@ async fn publish_through_a_node_reaches_every_node() {
     }
 }
 
-#[tokio::test]
-async fn slow_consumer_is_closed_and_others_keep_flowing() {
-    let prefix = unique_prefix();
-    let server = TestRedis::get().await;
-    let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
-    let gw = TestGateway::start(config).await;
-    let mut fast = gw.client().await;
-    fast.subscribe("quotes.FLOOD").await;
-    let mut stalled = gw.client().await;
-    stalled.subscribe("quotes.FLOOD").await;
-    // Enough bytes to fill the stalled client's socket buffers and queue.
+/// Floods `topic` with `total` 4 KB envelopes while `fast` reads every
+/// one and `stalled` reads nothing; returns once `fast` saw them all.
+async fn flood(server: &TestRedis, prefix: &str, topic: &'static str, total: u64, mut fast: Client) {
     let mut redis = server.connection().await;
-    let channel = format!("{prefix}quotes.FLOOD");
+    let channel = format!("{prefix}{topic}");
     let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4000));
-    let total = 3_000u64;
     let reader = tokio::spawn(async move {
         let mut last = 0;
         while last < total {
@@ -209,15 +200,73 @@ async fn slow_consumer_is_closed_and_others_keep_flowing() {
     for chunk in (1..=total).collect::<Vec<_>>().chunks(50) {
         let mut pipe = redis::pipe();
         for seq in chunk {
-            pipe.cmd("PUBLISH").arg(&channel).arg(envelope("quotes.FLOOD", *seq, &data)).ignore();
+            pipe.cmd("PUBLISH").arg(&channel).arg(envelope(topic, *seq, &data)).ignore();
         }
         let _: () = pipe.query_async(&mut redis).await.unwrap();
-        // Pace a little so the fast reader is not the one overflowing.
+        // Pace a little so the fast reader is not the one falling behind.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::timeout(WAIT * 3, reader).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn stalled_order_reader_is_closed_4001_and_others_keep_flowing() {
+    let server = TestRedis::get().await;
+    let prefix = unique_prefix();
+    let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
+    let gw = TestGateway::start(config).await;
+    let mut fast = gw.client().await;
+    fast.subscribe("orders.FLOOD").await;
+    let mut stalled = gw.client().await;
+    stalled.subscribe("orders.FLOOD").await;
+    flood(&server, &prefix, "orders.FLOOD", 3_000, fast).await;
     assert!(gw.metric("gateway_frames_dropped_total").await >= 1.0);
-    assert_eq!(stalled.close_code().await, Some(4001));
+    assert_eq!(gw.metric("gateway_frames_conflated_total").await, 0.0, "order updates never conflate");
+    // What was queued before the overflow arrives, in order, then the close.
+    let mut last = 0;
+    let code = loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut stalled.ws)).await.unwrap() {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let seq = wire::server::Frame::parse(&t).unwrap().seq.unwrap();
+                assert_eq!(seq, last + 1, "no gap before the close");
+                last = seq;
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                break f.map(|f| u16::from(f.code));
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4001));
+    assert!(last < 3_000, "the stalled client fell behind (got {last})");
+}
+
+#[tokio::test]
+async fn stalled_quote_reader_gets_conflated_latest_values() {
+    let server = TestRedis::get().await;
+    let prefix = unique_prefix();
+    let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
+    let gw = TestGateway::start(config).await;
+    let mut fast = gw.client().await;
+    fast.subscribe("quotes.FLOOD").await;
+    let mut stalled = gw.client().await;
+    stalled.subscribe("quotes.FLOOD").await;
+    flood(&server, &prefix, "quotes.FLOOD", 3_000, fast).await;
+    assert!(gw.metric("gateway_frames_conflated_total").await >= 1.0);
+    assert_eq!(gw.metric("gateway_frames_dropped_total").await, 0.0);
+    // Reading again, the stalled client catches up to the latest quote,
+    // with increasing seq and without having been disconnected.
+    let mut last = 0;
+    while last < 3_000 {
+        let f = stalled.frame().await;
+        let seq = f.seq.unwrap();
+        assert!(seq > last, "seq goes up: {seq} after {last}");
+        last = seq;
+    }
+    assert_eq!(gw.metric(r#"gateway_closes_total{code="slow_consumer"}"#).await, 0.0);
+    stalled.send(r#"{"action":"ping"}"#).await;
+    assert_eq!(stalled.frame().await.kind, "pong", "still connected");
 }
 
 #[tokio::test]
