@@ -42,6 +42,19 @@ pub struct Config {
     /// WebSocket connections this node accepts; 0 means automatic: the
     /// open-file limit less a reserve for Redis, logs and HTTP.
     pub max_connections: usize,
+    /// Connections one client IP may hold; 0 means no limit (behind a load
+    /// balancer every client may share its address).
+    pub max_connections_per_ip: usize,
+    /// Browser origins allowed to connect (exact `Origin` values, or `*`);
+    /// empty allows any. Clients that send no Origin are not browsers and
+    /// are not checked.
+    pub allowed_origins: Vec<String>,
+    /// Commands a connection may send per second (burst of the same size);
+    /// more get `rate_limited`.
+    pub max_commands_per_sec: u32,
+    /// Malformed or rate-limited commands after which a connection is
+    /// closed (4003).
+    pub max_client_errors: u32,
     /// Interval between server pings.
     pub ping_interval_ms: u64,
     /// A client that sends nothing (not even a pong) this long after a
@@ -96,6 +109,10 @@ impl Default for Config {
             outbound_queue: 1024,
             max_pending_bytes: 4 << 20,
             max_connections: 0,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
+            max_commands_per_sec: 100,
+            max_client_errors: 100,
             ping_interval_ms: 25_000,
             ping_timeout_ms: 10_000,
             drain_ms: 10_000,
@@ -174,6 +191,8 @@ impl Config {
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("_")
                     .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("allowed_origins")
                     .source(Some(vars.into_iter().collect())),
             )
             .build()?
@@ -201,7 +220,10 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 17] = [
+        let ranges: [(&'static str, u64, u64, u64); 20] = [
+            ("max_connections_per_ip", self.max_connections_per_ip as u64, 0, 10_000_000),
+            ("max_commands_per_sec", u64::from(self.max_commands_per_sec), 1, 1_000_000),
+            ("max_client_errors", u64::from(self.max_client_errors), 1, 1_000_000),
             ("jwt_leeway_secs", self.jwt_leeway_secs, 0, 3_600),
             ("pubsub_connections", self.pubsub_connections as u64, 1, 64),
             ("order_timeout_ms", self.order_timeout_ms, 10, 600_000),
@@ -279,9 +301,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("gateway.toml");
         std::fs::write(&file, "max_subscriptions = 7\nchannel_prefix = \"file:\"\n").unwrap();
-        let cfg = Config::load_from(Some(&file), env(&[("GATEWAY_CHANNEL_PREFIX", "env:")])).unwrap();
+        let vars = env(&[
+            ("GATEWAY_CHANNEL_PREFIX", "env:"),
+            ("GATEWAY_ALLOWED_ORIGINS", "https://a.example,https://b.example"),
+        ]);
+        let cfg = Config::load_from(Some(&file), vars).unwrap();
         assert_eq!(cfg.max_subscriptions, 7);
         assert_eq!(cfg.channel_prefix, "env:");
+        assert_eq!(cfg.allowed_origins, vec!["https://a.example", "https://b.example"]);
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub async fn serve(
         next_ping: now + node.config.ping_interval(),
         pong_deadline: None,
         close_at: None,
+        limiter: RateLimiter::new(node.config.max_commands_per_sec, now),
+        strikes: 0,
         node,
     };
     let metrics = Arc::clone(&conn.node.metrics);
@@ -107,6 +109,36 @@ struct Connection {
     pong_deadline: Option<Instant>,
     /// When draining, the moment this connection's turn to close comes.
     close_at: Option<Instant>,
+    /// Command rate limit.
+    limiter: RateLimiter,
+    /// Malformed or rate-limited commands so far.
+    strikes: u32,
+}
+
+/// A token bucket: `rate` commands per second, bursts up to `rate`.
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate);
+        RateLimiter { rate, tokens: rate, last: now }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How the task ends: with a close frame of ours, or with the socket gone.
@@ -255,12 +287,19 @@ impl Connection {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => return Some(read_error(e)),
         };
+        if matches!(msg, Message::Text(_) | Message::Binary(_)) && !self.limiter.allow(Instant::now()) {
+            let message = format!("at most {} commands per second", self.node.config.max_commands_per_sec);
+            self.refuse(ErrorCode::RateLimited, &message, None).await;
+            return self.strike();
+        }
         match msg {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
                 let message = "binary frames are not supported; send JSON text frames";
-                self.refuse(ErrorCode::BinaryNotSupported, message, None).await;
-                None
+                if let Some(end) = self.refuse(ErrorCode::BinaryNotSupported, message, None).await {
+                    return Some(end);
+                }
+                self.strike()
             }
             Message::Ping(_) | Message::Pong(_) => None,
             Message::Close(_) => {
@@ -275,7 +314,11 @@ impl Connection {
         match wire::client::parse(text) {
             Err(Refusal { code, message, topic, id }) => {
                 self.node.metrics.client_error(code);
-                self.reply(wire::server::error(code, &message, topic.as_deref(), id.as_deref())).await
+                let frame = wire::server::error(code, &message, topic.as_deref(), id.as_deref());
+                if let Some(end) = self.reply(frame).await {
+                    return Some(end);
+                }
+                self.strike()
             }
             Ok(Command::Ping) => self.reply(wire::server::pong()).await,
             Ok(Command::Subscribe { topic, since }) => self.subscribe(topic, since).await,
@@ -471,6 +514,17 @@ impl Connection {
         }
     }
 
+    /// Counts one malformed or rate-limited command; past the budget the
+    /// connection is closed (4003) rather than served forever.
+    fn strike(&mut self) -> Option<End> {
+        self.strikes += 1;
+        if self.strikes >= self.node.config.max_client_errors {
+            tracing::debug!(strikes = self.strikes, "too many client errors; closing");
+            return Some(End::Close(CloseCode::TooManyErrors));
+        }
+        None
+    }
+
     async fn refuse_id(&mut self, code: ErrorCode, message: &str, id: &RawValue) -> Option<End> {
         self.node.metrics.client_error(code);
         self.reply(wire::server::error(code, message, None, Some(id))).await
@@ -578,5 +632,22 @@ impl Drop for Subscriptions {
         for (topic, _) in std::mem::take(&mut self.topics) {
             self.leave(&topic);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(10, start);
+        assert_eq!((0..20).filter(|_| limiter.allow(start)).count(), 10, "one burst");
+        assert!(!limiter.allow(start));
+        assert!(limiter.allow(start + Duration::from_millis(100)), "refills at the rate");
+        assert!(!limiter.allow(start + Duration::from_millis(100)));
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| limiter.allow(later)).count(), 10, "never more than a burst");
     }
 }

@@ -26,8 +26,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// WebSocket connections accepted since start.
     pub connections_accepted: Counter,
-    /// Upgrades refused because the node was full or draining.
-    pub connections_refused: Counter,
+    /// Upgrades refused, by reason (full, per_ip, draining, origin).
+    pub connections_refused: Family<CodeLabel, Counter>,
     /// Subscriptions held by all connections.
     pub subscriptions: Gauge,
     /// Topics with at least one local subscriber.
@@ -65,6 +65,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn client_error(&self, code: ErrorCode) {
         self.client_errors.get_or_create(&CodeLabel { code: code.as_str() }).inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&CodeLabel { code: reason }).inc();
     }
 
     pub fn closed(&self, code: CloseCode) {

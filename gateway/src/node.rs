@@ -2,8 +2,10 @@
 //! connections (config, hub, broker, metrics, the shutdown signal) and
 //! the admission of new connections.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,6 +42,8 @@ pub struct Node {
     pub max_connections: usize,
     /// Admitted connections, including ones still upgrading.
     admitted: AtomicUsize,
+    /// Admitted connections per client address (only when limited).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     next_conn: AtomicU64,
 }
 
@@ -56,12 +60,41 @@ pub struct NodeParts {
 /// Held by one admitted connection for its whole life.
 pub struct Admission {
     node: Arc<Node>,
+    /// Counted against its address's limit, when there is one.
+    ip: Option<IpAddr>,
     _task: TaskTrackerToken,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.node.admitted.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.node.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection was not admitted (also its metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Draining,
+    Full,
+    PerIp,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Draining => "draining",
+            Refused::Full => "full",
+            Refused::PerIp => "per_ip",
+        }
     }
 }
 
@@ -87,21 +120,36 @@ impl Node {
             tracker: TaskTracker::new(),
             max_connections,
             admitted: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
             next_conn: AtomicU64::new(1),
         }
     }
 
-    /// Admits one more connection unless the node is full or draining.
-    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+    /// Admits one more connection from `ip` unless the node is draining,
+    /// full, or that address holds its limit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refused> {
         if self.shutdown.is_cancelled() {
-            return None;
+            return Err(Refused::Draining);
         }
+        let limit = self.config.max_connections_per_ip;
+        let counted_ip = if limit > 0 {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= limit {
+                return Err(Refused::PerIp);
+            }
+            *n += 1;
+            Some(ip)
+        } else {
+            None
+        };
+        // From here the admission's Drop undoes both counts.
+        let admission = Admission { node: Arc::clone(self), ip: counted_ip, _task: self.tracker.token() };
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
         if prev >= self.max_connections {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(Refused::Full);
         }
-        Some(Admission { node: Arc::clone(self), _task: self.tracker.token() })
+        Ok(admission)
     }
 
     pub fn next_conn_id(&self) -> ConnId {

@@ -22,7 +22,7 @@ use crate::broker::redis::RedisBroker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::node::{Node, NodeParts};
+use crate::node::{Node, NodeParts, Refused};
 use crate::requests::Requests;
 use crate::{connection, http};
 
@@ -115,11 +115,23 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(admission) = node.admit() else {
-        node.metrics.connections_refused.inc();
-        let why =
-            if node.shutdown.is_cancelled() { "node is draining" } else { "node is at max_connections" };
-        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !origin_allowed(&node.config.allowed_origins, origin.to_str().unwrap_or(""))
+    {
+        node.metrics.refused("origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let admission = match node.admit(peer.ip()) {
+        Ok(admission) => admission,
+        Err(refused) => {
+            node.metrics.refused(refused.reason());
+            let (status, why) = match refused {
+                Refused::Draining => (StatusCode::SERVICE_UNAVAILABLE, "node is draining"),
+                Refused::Full => (StatusCode::SERVICE_UNAVAILABLE, "node is at max_connections"),
+                Refused::PerIp => (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address"),
+            };
+            return (status, why).into_response();
+        }
     };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = crate::auth::token_from(query.as_deref(), authorization);
@@ -133,4 +145,9 @@ async fn upgrade(
         .max_frame_size(cfg.max_frame_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| connection::serve(socket, node, peer, identity, admission))
+}
+
+/// Whether a browser's `Origin` may connect: any when the list is empty.
+fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed.is_empty() || allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }

@@ -178,7 +178,7 @@ async fn max_connections_refuses_cleanly() {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 503),
         other => panic!("expected HTTP 503, got {other}"),
     }
-    assert_eq!(gw.metric("gateway_connections_refused_total").await, 1.0);
+    assert_eq!(gw.metric(r#"gateway_connections_refused_total{code="full"}"#).await, 1.0);
     // Existing clients are not disturbed.
     a.send(r#"{"action":"ping"}"#).await;
     assert_eq!(a.frame().await.kind, "pong");
