@@ -1,0 +1,326 @@
+//! The publisher's configuration: one typed struct, loaded as defaults <
+//! file (`--config PATH`) < environment (`PUBLISHER_<KEY>`), then
+//! validated so a bad value stops the service at start with the key named.
+//!
+//! `publisher.example.toml` at the repository root documents every key.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variables are `PUBLISHER_` + the key in upper case.
+pub const ENV_PREFIX: &str = "PUBLISHER";
+
+/// Names a config file; read by the binary, not a config key itself.
+pub const CONFIG_FILE_ENV: &str = "PUBLISHER_CONFIG";
+
+/// Well-known tickers used first when symbols are generated from
+/// `symbol_count`, so the contract's examples (`quotes.AAPL`) just work.
+const TICKERS: [&str; 20] = [
+    "AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "META", "TSLA", "BRK.B", "JPM", "V", "UNH", "XOM", "JNJ", "WMT",
+    "MA", "PG", "HD", "CVX", "KO", "PEP",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP server (publish API, health, metrics).
+    pub listen: String,
+    /// Redis URL of the backplane (`redis://`, `rediss://`, `unix://`).
+    pub redis_url: String,
+    /// Prefix of every Redis channel and key (the contract's default `rt:`).
+    pub channel_prefix: String,
+    /// Comma-separated symbols to quote and trade; empty means
+    /// `symbol_count` generated ones.
+    pub symbols: String,
+    /// How many symbols to generate when `symbols` is empty.
+    pub symbol_count: usize,
+    /// Quotes per second over all symbols; 0 turns the feed off.
+    pub quote_rate: u64,
+    /// During a burst the quote rate is multiplied by this (1 = no bursts).
+    pub burst_factor: f64,
+    /// A burst starts every this many ms; 0 turns bursts off.
+    pub burst_every_ms: u64,
+    /// How long each burst lasts.
+    pub burst_len_ms: u64,
+    /// Simulated accounts, named `acct-1` … `acct-<n>`.
+    pub accounts: usize,
+    /// Simulated orders per second over all accounts; 0 means none.
+    pub order_rate: f64,
+    /// Delay between two steps of an order's lifecycle.
+    pub fill_delay_ms: u64,
+    /// Share of simulated orders cancelled after a partial fill.
+    pub cancel_ratio: f64,
+    /// Approximate length a topic's history stream is trimmed to.
+    pub history_maxlen: u64,
+    /// This replica's consumer name in the order-request group; empty
+    /// means a random UUID at each start.
+    pub replica_id: String,
+    /// Order requests pending this long with another (crashed) replica
+    /// are claimed and served here.
+    pub request_claim_idle_ms: u64,
+    /// Requests older than this are acknowledged without a reply: the
+    /// gateway that asked has given up on them.
+    pub request_max_age_ms: u64,
+    /// Order updates kept in memory while Redis is away; when full,
+    /// producers wait (nothing is dropped).
+    pub outage_buffer: usize,
+    /// Timeout of one Redis connect or command round trip.
+    pub redis_timeout_ms: u64,
+    /// Backoff cap between retries while Redis is away.
+    pub redis_backoff_max_ms: u64,
+    /// On SIGTERM, buffered order updates are flushed for at most this long.
+    pub drain_ms: u64,
+    /// Bearer key that `POST /publish` requires; empty leaves it open.
+    pub publish_api_key: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8090".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            channel_prefix: "rt:".into(),
+            symbols: String::new(),
+            symbol_count: 100,
+            quote_rate: 1_000,
+            burst_factor: 1.0,
+            burst_every_ms: 0,
+            burst_len_ms: 0,
+            accounts: 100,
+            order_rate: 10.0,
+            fill_delay_ms: 50,
+            cancel_ratio: 0.1,
+            history_maxlen: 10_000,
+            replica_id: String::new(),
+            request_claim_idle_ms: 5_000,
+            request_max_age_ms: 30_000,
+            outage_buffer: 100_000,
+            redis_timeout_ms: 3_000,
+            redis_backoff_max_ms: 2_000,
+            drain_ms: 5_000,
+            publish_api_key: String::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("config key `{key}` (env {env}): {reason}")]
+    Invalid { key: &'static str, env: String, reason: String },
+}
+
+impl Config {
+    /// Loads defaults < `file` < the process environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_FILE_ENV).collect();
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let cfg: Config = builder
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .try_parsing(true)
+                    .source(Some(vars.into_iter().collect())),
+            )
+            .build()?
+            .try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value that deserialised but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| ConfigError::Invalid {
+            key,
+            env: format!("{ENV_PREFIX}_{}", key.to_uppercase()),
+            reason,
+        };
+        self.listen_addr().map_err(|e| bad("listen", e))?;
+        if !["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s)) {
+            return Err(bad("redis_url", "must start with redis://, rediss:// or unix://".into()));
+        }
+        if self.channel_prefix.is_empty() || self.channel_prefix.chars().any(char::is_whitespace) {
+            return Err(bad("channel_prefix", "must be non-empty, without spaces".into()));
+        }
+        if self.replica_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
+            return Err(bad("replica_id", "may only contain A-Z a-z 0-9 - _ .".into()));
+        }
+        if self.symbols.trim().is_empty() {
+            if !(1..=100_000).contains(&self.symbol_count) {
+                return Err(bad("symbol_count", format!("{} is outside 1..=100000", self.symbol_count)));
+            }
+        } else {
+            let mut seen = HashSet::new();
+            for s in self.symbol_list() {
+                wire::topic::validate(&format!("quotes.{s}"))
+                    .map_err(|e| bad("symbols", format!("{s:?} does not make a valid topic: {e}")))?;
+                if !seen.insert(s.clone()) {
+                    return Err(bad("symbols", format!("{s:?} is listed twice")));
+                }
+            }
+        }
+        let ranges: [(&'static str, u64, u64, u64); 12] = [
+            ("quote_rate", self.quote_rate, 0, 100_000_000),
+            ("burst_every_ms", self.burst_every_ms, 0, 86_400_000),
+            ("accounts", self.accounts as u64, 1, 10_000_000),
+            ("fill_delay_ms", self.fill_delay_ms, 0, 600_000),
+            ("history_maxlen", self.history_maxlen, 1, 1_000_000_000),
+            ("request_claim_idle_ms", self.request_claim_idle_ms, 10, 86_400_000),
+            ("request_max_age_ms", self.request_max_age_ms, 10, 86_400_000),
+            ("outage_buffer", self.outage_buffer as u64, 1, 100_000_000),
+            ("redis_timeout_ms", self.redis_timeout_ms, 100, 600_000),
+            ("redis_backoff_max_ms", self.redis_backoff_max_ms, 10, 600_000),
+            ("drain_ms", self.drain_ms, 0, 3_600_000),
+            ("burst_len_ms", self.burst_len_ms, 0, self.burst_every_ms),
+        ];
+        for (key, value, min, max) in ranges {
+            if value < min || value > max {
+                return Err(bad(key, format!("{value} is outside {min}..={max}")));
+            }
+        }
+        if !(self.burst_factor.is_finite() && (1.0..=1000.0).contains(&self.burst_factor)) {
+            return Err(bad("burst_factor", format!("{} is outside 1..=1000", self.burst_factor)));
+        }
+        if !(self.order_rate.is_finite() && (0.0..=1_000_000.0).contains(&self.order_rate)) {
+            return Err(bad("order_rate", format!("{} is outside 0..=1000000", self.order_rate)));
+        }
+        if !(self.cancel_ratio.is_finite() && (0.0..=1.0).contains(&self.cancel_ratio)) {
+            return Err(bad("cancel_ratio", format!("{} is outside 0..=1", self.cancel_ratio)));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|e| format!("{:?} is not HOST:PORT: {e}", self.listen))
+    }
+
+    /// The symbols this service quotes and accepts orders for.
+    pub fn symbol_list(&self) -> Vec<String> {
+        if !self.symbols.trim().is_empty() {
+            return self
+                .symbols
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        (0..self.symbol_count)
+            .map(|i| match TICKERS.get(i) {
+                Some(t) => (*t).to_string(),
+                None => format!("SYM{:04}", i + 1),
+            })
+            .collect()
+    }
+
+    pub fn fill_delay(&self) -> Duration {
+        Duration::from_millis(self.fill_delay_ms)
+    }
+    pub fn request_claim_idle(&self) -> Duration {
+        Duration::from_millis(self.request_claim_idle_ms)
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+    pub fn redis_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.redis_backoff_max_ms)
+    }
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::load_from(None, env(&[("PATH", "/bin"), ("PUBLISHER_CONFIG", "x")])).unwrap();
+        assert_eq!(cfg.channel_prefix, "rt:");
+        assert_eq!(cfg.listen, "0.0.0.0:8090");
+        let symbols = cfg.symbol_list();
+        assert_eq!(symbols.len(), 100);
+        assert_eq!(symbols[0], "AAPL");
+        assert_eq!(symbols[99], "SYM0100");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("pub-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("publisher.toml");
+        std::fs::write(&file, "quote_rate = 7\nsymbols = \"A,B\"\nchannel_prefix = \"file:\"\n").unwrap();
+        let cfg = Config::load_from(
+            Some(&file),
+            env(&[("PUBLISHER_CHANNEL_PREFIX", "env:"), ("PUBLISHER_ORDER_RATE", "2.5")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.quote_rate, 7);
+        assert_eq!(cfg.order_rate, 2.5);
+        assert_eq!(cfg.channel_prefix, "env:");
+        assert_eq!(cfg.symbol_list(), ["A", "B"]);
+    }
+
+    #[test]
+    fn example_file_loads_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../publisher.example.toml");
+        let cfg = Config::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(cfg.quote_rate, Config::default().quote_rate);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: HashMap<String, serde::de::IgnoredAny> = config::Config::builder()
+            .add_source(config::File::from(path.as_path()))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        for key in table.keys() {
+            let env = format!("# env {ENV_PREFIX}_{}", key.to_uppercase());
+            assert!(text.contains(&env), "{key} lacks its env var comment");
+        }
+        assert_eq!(table.len(), 22, "every key of Config is in the example");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("PUBLISHER_QUOTE_RATE", "abc", "quote_rate"),
+            ("PUBLISHER_LISTEN", "nowhere", "listen"),
+            ("PUBLISHER_REDIS_URL", "http://x", "redis_url"),
+            ("PUBLISHER_SYMBOLS", "AAPL,a b", "symbols"),
+            ("PUBLISHER_SYMBOLS", "AAPL,AAPL", "symbols"),
+            ("PUBLISHER_ACCOUNTS", "0", "accounts"),
+            ("PUBLISHER_BURST_LEN_MS", "5", "burst_len_ms"),
+            ("PUBLISHER_BURST_FACTOR", "0.5", "burst_factor"),
+            ("PUBLISHER_CANCEL_RATIO", "2", "cancel_ratio"),
+            ("PUBLISHER_OUTAGE_BUFFER", "0", "outage_buffer"),
+            ("PUBLISHER_NO_SUCH_KEY", "1", "no_such_key"),
+        ];
+        for (k, v, key) in cases {
+            let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The publisher's HTTP endpoints: health, readiness, metrics, and
+//! `POST /publish`, through which any backend can publish on a topic with
+//! the same guarantees as the publisher's own messages.
+//!
+//! `orders.*` topics go through the order-update script (history, dedupe;
+//! an optional `id` in the body makes a client's own retries safe too);
+//! `quotes.*` also store the topic's snapshot; other topics are published
+//! with the next `seq` only.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use wire::{ErrorCode, Topic, TopicFamily};
+
+use crate::outage::Backoff;
+use crate::redis_writer::{OrderUpdate, WriteError};
+use crate::state::Shared;
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let body = json!({
+        "ready": shared.is_ready(),
+        "replica": shared.replica_id,
+        "redis_up": shared.outage.is_up(),
+        "draining": shared.shutdown.is_cancelled(),
+        "buffered_updates": shared.metrics.buffered_updates.get(),
+    });
+    let status = if shared.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct PublishRequest<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    traceparent: Option<Cow<'a, str>>,
+    /// Idempotency key for `orders.*`: the same id is published once.
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let message: String = message.into();
+    (status, Json(json!({"error": {"code": code.as_str(), "message": message}}))).into_response()
+}
+
+/// `POST /publish` with `{"topic", "data": {…}, "traceparent"?, "id"?}`;
+/// answers `{"topic", "seq"}`.
+pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = &shared.config.publish_api_key;
+    if !key.is_empty() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong Bearer key");
+        }
+    }
+    let req: PublishRequest<'_> = match serde_json::from_slice(&body) {
+        Ok(req) => req,
+        Err(e) if e.is_data() => {
+            return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, e.to_string());
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, e.to_string()),
+    };
+    let topic = match Topic::parse(&req.topic) {
+        Ok(t) => t,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidTopic, e.to_string()),
+    };
+    if !req.data.get().starts_with('{') {
+        return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, "data must be a JSON object");
+    }
+    if let Some(id) = &req.id
+        && wire::topic::validate(id).is_err()
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidFrame,
+            "id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        );
+    }
+    let traceparent = req.traceparent.as_deref();
+    let result = match topic.family() {
+        TopicFamily::Orders => {
+            let id = req.id.map(Cow::into_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let update = OrderUpdate::new(topic.clone(), id, req.data.get(), traceparent);
+            write_update(&shared, update).await
+        }
+        family => {
+            let quotes = family == TopicFamily::Quotes;
+            let r = shared.writer.publish_one(topic.as_str(), req.data.get(), traceparent, quotes).await;
+            match &r {
+                Ok(_) => {
+                    shared.outage.succeeded();
+                    if quotes {
+                        shared.metrics.quotes_published.inc();
+                    }
+                }
+                Err(e) => shared.outage.failed("http publish", e),
+            }
+            r
+        }
+    };
+    match result {
+        Ok(seq) => {
+            shared.metrics.http_published.inc();
+            Json(json!({"topic": topic.as_str(), "seq": seq})).into_response()
+        }
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::BackplaneUnavailable, e.to_string()),
+    }
+}
+
+/// Writes one order update, retrying (safely: the update has one id)
+/// until Redis takes it or `redis_timeout` has passed.
+async fn write_update(shared: &Shared, update: OrderUpdate) -> Result<u64, WriteError> {
+    let deadline = Instant::now() + shared.config.redis_timeout();
+    let mut backoff = Backoff::new(shared.config.redis_backoff_max());
+    loop {
+        match shared.writer.write_updates(std::slice::from_ref(&update)).await {
+            Ok(written) => {
+                shared.outage.succeeded();
+                let w = written.first().copied().ok_or_else(|| WriteError::Reply("no reply".into()))?;
+                if w.duplicate {
+                    shared.metrics.order_updates_deduplicated.inc();
+                } else {
+                    shared.metrics.order_updates_published.inc();
+                }
+                return Ok(w.seq);
+            }
+            Err(e) => {
+                shared.outage.failed("http publish", &e);
+                let delay = backoff.next_delay();
+                if Instant::now() + delay >= deadline {
+                    return Err(e);
+                }
+                shared.metrics.retries.inc();
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

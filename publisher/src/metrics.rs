@@ -1,0 +1,169 @@
+//! The publisher's counters and gauges, exposed on `/metrics` in the
+//! Prometheus/OpenMetrics text format.
+//!
+//! Counters are bumped once per batch, not once per message, so counting
+//! costs nothing measurable at the feed's rates. Process CPU and memory
+//! are read from `/proc` at scrape time, as benchmarks quote them.
+
+use std::fmt::Write;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+/// The `code` label of a successful order reply.
+pub const REPLY_OK: &str = "ok";
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Quotes published (feed and `POST /publish` on `quotes.*`).
+    pub quotes_published: Counter,
+    /// Quotes not sent because Redis was away or the feed fell behind;
+    /// only the latest quote matters, so these are skipped, not retried.
+    pub quotes_skipped: Counter,
+    /// Order updates written (history + publish), each counted once.
+    pub order_updates_published: Counter,
+    /// Retried order updates that Redis had already applied (deduplicated).
+    pub order_updates_deduplicated: Counter,
+    /// Order updates waiting in memory to be written.
+    pub buffered_updates: Gauge,
+    /// Order requests answered.
+    pub requests_served: Counter,
+    /// Order requests dropped unanswered: unreadable, or older than
+    /// `request_max_age_ms`.
+    pub requests_skipped: Counter,
+    /// Order requests taken over from a replica that stopped serving them.
+    pub requests_claimed: Counter,
+    /// Replies sent, by code (`ok` or the error code).
+    pub replies: Family<CodeLabel, Counter>,
+    /// Redis writes that failed (each attempt).
+    pub publish_failures: Counter,
+    /// Attempts repeated after a failure.
+    pub retries: Counter,
+    /// Times Redis became unreachable.
+    pub redis_outages: Counter,
+    /// 1 while Redis answers.
+    pub redis_up: Gauge,
+    /// Messages accepted by `POST /publish`.
+    pub http_published: Counter,
+}
+
+impl Metrics {
+    pub fn reply(&self, code: &'static str) {
+        self.replies.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Renders every metric; process figures are appended from `/proc`.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::with_prefix("publisher");
+        let m = self;
+        registry.register("quotes_published", "Quotes published", m.quotes_published.clone());
+        registry.register(
+            "quotes_skipped",
+            "Quotes skipped while Redis was away or the feed was behind",
+            m.quotes_skipped.clone(),
+        );
+        registry.register(
+            "order_updates_published",
+            "Order updates written to history and published",
+            m.order_updates_published.clone(),
+        );
+        registry.register(
+            "order_updates_deduplicated",
+            "Retried order updates Redis had already applied",
+            m.order_updates_deduplicated.clone(),
+        );
+        registry.register(
+            "buffered_updates",
+            "Order updates waiting to be written",
+            m.buffered_updates.clone(),
+        );
+        registry.register("requests_served", "Order requests answered", m.requests_served.clone());
+        registry.register(
+            "requests_skipped",
+            "Order requests dropped unanswered (unreadable or too old)",
+            m.requests_skipped.clone(),
+        );
+        registry.register(
+            "requests_claimed",
+            "Order requests claimed from an idle replica",
+            m.requests_claimed.clone(),
+        );
+        registry.register("replies", "Order replies sent, by code", m.replies.clone());
+        registry.register("publish_failures", "Failed Redis write attempts", m.publish_failures.clone());
+        registry.register("retries", "Redis writes retried after a failure", m.retries.clone());
+        registry.register("redis_outages", "Times Redis became unreachable", m.redis_outages.clone());
+        registry.register("redis_up", "1 while Redis answers", m.redis_up.clone());
+        registry.register("http_published", "Messages accepted by POST /publish", m.http_published.clone());
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        let body_end = out.rfind("# EOF").unwrap_or(out.len());
+        out.truncate(body_end);
+        process_metrics(&mut out);
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+/// Appends `process_*` metrics read from `/proc/self` (Linux); elsewhere,
+/// or if `/proc` is unreadable, they are left out.
+fn process_metrics(out: &mut String) {
+    if let Some(cpu) = cpu_seconds() {
+        let _ = writeln!(
+            out,
+            "# TYPE process_cpu_seconds counter\n# HELP process_cpu_seconds CPU time used by this process\nprocess_cpu_seconds_total {cpu:.3}"
+        );
+    }
+    if let Some(rss) = rss_bytes() {
+        let _ = writeln!(
+            out,
+            "# TYPE process_resident_memory_bytes gauge\n# HELP process_resident_memory_bytes Resident set size\nprocess_resident_memory_bytes {rss}"
+        );
+    }
+}
+
+/// User + system CPU seconds: `/proc/self/stat` fields 14 and 15, in clock
+/// ticks of 1/100 s (USER_HZ is 100 on every mainstream Linux build).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; fields resume after ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Resident set size in bytes, from `VmRSS` in `/proc/self/status`.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_process_figures() {
+        let m = Metrics::default();
+        m.quotes_published.inc_by(3);
+        m.reply("invalid_side");
+        m.buffered_updates.set(2);
+        let text = m.render();
+        assert!(text.contains("publisher_quotes_published_total 3"), "{text}");
+        assert!(text.contains(r#"publisher_replies_total{code="invalid_side"} 1"#), "{text}");
+        assert!(text.contains("publisher_buffered_updates 2"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}
