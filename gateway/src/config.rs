@@ -83,6 +83,9 @@ pub struct Config {
     pub order_timeout_ms: u64,
     /// Orders one connection may have waiting at once (more: `rate_limited`).
     pub max_pending_orders: usize,
+    /// History kept per topic for updates published through this node
+    /// (`XADD … MAXLEN ~`), as the publisher's `history_maxlen`.
+    pub history_maxlen: usize,
     /// Envelopes replayed at most for one `subscribe` with `since`.
     pub replay_limit: usize,
     /// Bearer key that `POST /publish` requires; empty leaves the endpoint
@@ -125,6 +128,7 @@ impl Default for Config {
             order_timeout_ms: 5_000,
             max_pending_orders: 32,
             replay_limit: 10_000,
+            history_maxlen: 10_000,
             publish_api_key: Secret::default(),
             jwt_secret: Secret::default(),
             jwt_leeway_secs: 30,
@@ -220,7 +224,8 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 20] = [
+        let ranges: [(&'static str, u64, u64, u64); 21] = [
+            ("history_maxlen", self.history_maxlen as u64, 1, 100_000_000),
             ("max_connections_per_ip", self.max_connections_per_ip as u64, 0, 10_000_000),
             ("max_commands_per_sec", u64::from(self.max_commands_per_sec), 1, 1_000_000),
             ("max_client_errors", u64::from(self.max_client_errors), 1, 1_000_000),

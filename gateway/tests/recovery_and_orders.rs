@@ -248,3 +248,25 @@ async fn order_without_a_service_times_out_and_limits_apply() {
     }
     assert_eq!(gw.metric("gateway_order_timeouts_total").await, 2.0);
 }
+
+#[tokio::test]
+async fn orders_published_through_a_node_keep_history_for_since() {
+    let server = TestRedis::get().await;
+    let prefix = unique_prefix();
+    let gw = TestGateway::start(redis_config(&server.url(), &prefix)).await;
+    for n in 1..=4 {
+        let (status, body) = gw.publish("orders.hist", &format!(r#"{{"n":{n}}}"#)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, body) = gw.publish("quotes.HIST", r#"{"bid":1}"#).await;
+    assert!(body.contains(r#""seq":1"#), "{body}");
+    let mut c = gw.client().await;
+    c.send(r#"{"action":"subscribe","topic":"orders.hist","since":1}"#).await;
+    assert_eq!(c.frame().await.kind, "subscribed");
+    for want in 2..=4 {
+        assert_eq!(c.frame().await.seq, Some(want));
+    }
+    c.subscribe("quotes.HIST").await;
+    let snap = c.frame().await;
+    assert_eq!((snap.topic.as_deref(), snap.seq), (Some("quotes.HIST"), Some(1)), "quote snapshot stored");
+}

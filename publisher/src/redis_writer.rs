@@ -28,55 +28,6 @@ use wire::{Topic, keys};
 
 use crate::config::Config;
 
-/// How long a dedupe marker outlives its update: far longer than any
-/// retry of that update can take.
-pub const DEDUPE_TTL_SECS: u64 = 3600;
-
-/// KEYS: seq counter, last-value key. ARGV: channel, envelope head,
-/// store-last flag, then one envelope tail per message.
-const BATCH_SCRIPT: &str = r"
-local n = #ARGV - 3
-local last = redis.call('INCRBY', KEYS[1], n)
-local env
-for i = 1, n do
-  env = ARGV[2] .. (last - n + i) .. ARGV[3 + i]
-  redis.call('PUBLISH', ARGV[1], env)
-end
-if ARGV[3] == '1' then
-  redis.call('SET', KEYS[2], env)
-end
-return last
-";
-
-/// KEYS: seq counter, history stream, dedupe marker. ARGV: channel,
-/// envelope head, envelope tail, history maxlen, marker TTL (s).
-/// Returns {seq, 1 if this update had already been written}.
-///
-/// A counter that fell behind its history (deleted or evicted while the
-/// stream survived) would make every XADD fail; the script then moves the
-/// counter past the stream's last id once, instead of failing forever.
-const UPDATE_SCRIPT: &str = r"
-local done = redis.call('GET', KEYS[3])
-if done then
-  return {tonumber(done), 1}
-end
-local seq = redis.call('INCR', KEYS[1])
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '0-' .. seq, 'env', ARGV[2] .. seq .. ARGV[3])
-if type(added) == 'table' and added.err then
-  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  local last = top[1] and tonumber(string.match(top[1][1], '^0%-(%d+)$'))
-  if not last or last < seq then
-    return redis.error_reply(added.err)
-  end
-  redis.call('SET', KEYS[1], last)
-  seq = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '0-' .. seq, 'env', ARGV[2] .. seq .. ARGV[3])
-end
-redis.call('SET', KEYS[3], seq, 'NX', 'EX', ARGV[5])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. seq .. ARGV[3])
-return {seq, 0}
-";
-
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("redis pool: {0}")]
@@ -141,10 +92,9 @@ pub struct Written {
     pub duplicate: bool,
 }
 
-/// The dedupe marker of update `id` on `topic`.
-pub fn dedupe_key(prefix: &str, topic: &str, id: &str) -> String {
-    format!("{prefix}dedupe:{{{topic}}}:{id}")
-}
+pub use wire::keys::dedupe as dedupe_key;
+pub use wire::scripts::DEDUPE_TTL_SECS;
+use wire::scripts::{BATCH_SCRIPT, UPDATE_SCRIPT};
 
 pub struct RedisWriter {
     pool: Pool,

@@ -32,6 +32,12 @@ pub fn seq_counter(prefix: &str, topic: &str) -> String {
     format!("{prefix}seq:{{{topic}}}")
 }
 
+/// Marker recording that order update `id` on `topic` was written (its
+/// value is the update's `seq`), so a retried write is not repeated.
+pub fn dedupe(prefix: &str, topic: &str, id: &str) -> String {
+    format!("{prefix}dedupe:{{{topic}}}:{id}")
+}
+
 /// Stream id of the history entry for `seq`.
 pub fn history_id(seq: u64) -> String {
     format!("0-{seq}")

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use wire::{Topic, keys};
+use wire::{Topic, TopicFamily, keys};
 
 use super::redis_pubsub::{Shard, ShardSettings};
 use super::{BoxFuture, Broker, BrokerError};
@@ -25,21 +25,17 @@ use crate::requests::Requests;
 /// Order requests kept in the stream at most (trimmed approximately).
 const ORDER_STREAM_MAXLEN: usize = 100_000;
 
-/// Atomically takes the next `seq` of a topic and publishes the envelope
-/// built around it, so concurrent publishers on any node never reuse one.
-const PUBLISH_SCRIPT: &str = r"
-local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. seq .. ARGV[3])
-return seq
-";
-
 pub struct RedisBroker {
     /// Pub/sub connections; a topic always goes to the same one, by hash.
     shards: Vec<Shard>,
     pool: deadpool_redis::Pool,
     prefix: String,
     timeout: Duration,
-    script: redis::Script,
+    /// The publisher's own scripts (`wire::scripts`), so `seq`, history and
+    /// snapshots agree whoever publishes on a topic.
+    batch_script: redis::Script,
+    update_script: redis::Script,
+    history_maxlen: usize,
 }
 
 impl RedisBroker {
@@ -85,7 +81,9 @@ impl RedisBroker {
             pool,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
-            script: redis::Script::new(PUBLISH_SCRIPT),
+            batch_script: redis::Script::new(wire::scripts::BATCH_SCRIPT),
+            update_script: redis::Script::new(wire::scripts::UPDATE_SCRIPT),
+            history_maxlen: config.history_maxlen,
         })
     }
 
@@ -117,16 +115,44 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let (head, tail) =
                 wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
+            let (prefix, name) = (self.prefix.as_str(), topic.as_str());
             let work = async {
                 let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                self.script
-                    .key(keys::seq_counter(&self.prefix, topic.as_str()))
-                    .arg(keys::channel(&self.prefix, topic.as_str()))
-                    .arg(head)
-                    .arg(tail)
-                    .invoke_async::<u64>(&mut conn)
-                    .await
-                    .map_err(|e| BrokerError::Refused(e.to_string()))
+                let refused = |e: redis::RedisError| BrokerError::Refused(e.to_string());
+                match topic.family() {
+                    // Order updates keep history (for `since`) and are written once.
+                    TopicFamily::Orders => {
+                        let update_id = uuid::Uuid::new_v4().simple().to_string();
+                        let (seq, _duplicate): (u64, u64) = self
+                            .update_script
+                            .key(keys::seq_counter(prefix, name))
+                            .key(keys::history(prefix, name))
+                            .key(keys::dedupe(prefix, name, &update_id))
+                            .arg(keys::channel(prefix, name))
+                            .arg(head)
+                            .arg(tail)
+                            .arg(self.history_maxlen)
+                            .arg(wire::scripts::DEDUPE_TTL_SECS)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(refused)?;
+                        Ok(seq)
+                    }
+                    // Quotes also become the topic's snapshot.
+                    family => {
+                        let store_last = if family == TopicFamily::Quotes { "1" } else { "0" };
+                        self.batch_script
+                            .key(keys::seq_counter(prefix, name))
+                            .key(keys::last_value(prefix, name))
+                            .arg(keys::channel(prefix, name))
+                            .arg(head)
+                            .arg(store_last)
+                            .arg(tail)
+                            .invoke_async::<u64>(&mut conn)
+                            .await
+                            .map_err(refused)
+                    }
+                }
             };
             timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
         })
