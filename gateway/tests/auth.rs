@@ -1,10 +1,8 @@
 //! Authentication and topic permissions against a live node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use testkit::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "test-secret";

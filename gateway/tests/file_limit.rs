@@ -4,12 +4,10 @@
 //! are not disturbed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 
 struct Process(Child);
 

@@ -2,12 +2,10 @@
 //! every action of the contract, and every kind of bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_util::SinkExt;
+use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]

@@ -7,12 +7,10 @@
 //! publisher crate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 use wire::keys;
 
 #[tokio::test]

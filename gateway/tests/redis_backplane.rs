@@ -3,16 +3,14 @@
 //! recovery from a Redis restart with client sockets left open.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 
 #[tokio::test]
 async fn delivers_what_redis_cli_publishes_on_the_default_prefix() {
     // A private server, so the contract's own `rt:` prefix is used as is.
-    let redis = RedisProcess::start().await;
+    let redis = RedisServer::start(false).await;
     let gw = TestGateway::start(redis_config(&redis.url(), "rt:")).await;
     assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 1.0).await, 1.0);
     let mut c = gw.client().await;
@@ -93,7 +91,7 @@ async fn resubscribing_within_the_grace_delay_keeps_the_subscription() {
 
 #[tokio::test]
 async fn survives_a_redis_restart_without_resubscribing() {
-    let mut redis = RedisProcess::start().await;
+    let mut redis = RedisServer::start(false).await;
     let prefix = "rt:";
     let gw = TestGateway::start(redis_config(&redis.url(), prefix)).await;
     let mut c = gw.client().await;
@@ -120,7 +118,7 @@ async fn survives_a_redis_restart_without_resubscribing() {
     c.send(r#"{"action":"ping"}"#).await;
     assert_eq!(c.frame().await.kind, "pong");
 
-    redis.restart().await;
+    redis.spawn().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while gw.get("/readyz").await.0 != 200 {
         assert!(tokio::time::Instant::now() < deadline, "/readyz never came back");
@@ -297,7 +295,7 @@ async fn an_idle_backplane_connection_stays_up_across_health_pings() {
 
 #[tokio::test]
 async fn topics_spread_over_several_pubsub_connections() {
-    let redis = RedisProcess::start().await;
+    let redis = RedisServer::start(false).await;
     let config = gateway::Config { pubsub_connections: 4, ..redis_config(&redis.url(), "rt:") };
     let gw = TestGateway::start(config).await;
     assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 4.0).await, 4.0);

@@ -1,9 +1,12 @@
-//! Test helpers: a real gateway on a loopback port, real WebSocket
-//! clients, raw HTTP requests, and a private redis-server process when a
-//! test needs to kill and restart Redis.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Test support shared by every crate's integration tests: a real gateway
+//! on a loopback port, real WebSocket clients, raw HTTP requests, the
+//! machine's redis-server or a private one a test may kill and restart.
+//! Nothing here is a mock: every helper drives a real process or socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -69,10 +72,7 @@ impl TestGateway {
     /// The value of one metric line (`name` with labels, if any).
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
+        metric(&body, name)
     }
 
     /// Polls a metric until `pred` holds or WAIT passes.
@@ -234,56 +234,62 @@ pub async fn http(
     (status, body)
 }
 
-/// A private redis-server on a free port, killed on drop.
-pub struct RedisProcess {
+/// A private `redis-server` on a free port, killed (SIGKILL) when dropped.
+pub struct RedisServer {
     pub port: u16,
+    dir: PathBuf,
+    persistent: bool,
     child: Option<Child>,
 }
 
-impl RedisProcess {
-    pub async fn start() -> RedisProcess {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut r = RedisProcess { port, child: None };
-        r.restart().await;
-        r
+impl RedisServer {
+    /// Starts one; `persistent` turns on an fsync-always append-only file
+    /// so data survives a SIGKILL.
+    pub async fn start(persistent: bool) -> RedisServer {
+        let mut server = RedisServer::reserve(persistent);
+        server.spawn().await;
+        server
+    }
+
+    /// A server that is not running yet (`spawn` it later).
+    pub fn reserve(persistent: bool) -> RedisServer {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("testkit-redis-{port}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        RedisServer { port, dir, persistent, child: None }
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+    /// Starts the process and waits until it answers PING.
+    pub async fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(mut c) = self.connection().await
-                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            .stderr(Stdio::null());
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
         }
-        panic!("redis-server did not start on port {}", self.port);
+        self.child = Some(cmd.spawn().expect("redis-server must be on PATH (apt-get install redis-server)"));
+        let url = self.url();
+        eventually("redis-server to answer PING", || {
+            let url = url.clone();
+            async move {
+                let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            }
+        })
+        .await;
     }
 
+    /// SIGKILLs the process (no shutdown, no final save).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -296,10 +302,40 @@ impl RedisProcess {
     }
 }
 
-impl Drop for RedisProcess {
+impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A free TCP port on loopback (free when asked; tests race only each other).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The value of a metric line in Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
@@ -309,7 +345,7 @@ pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// private one started for this test.
 pub enum TestRedis {
     Shared,
-    Private(RedisProcess),
+    Private(RedisServer),
 }
 
 impl TestRedis {
@@ -320,7 +356,7 @@ impl TestRedis {
         };
         match tokio::time::timeout(Duration::from_secs(2), shared).await {
             Ok(Ok(_)) => TestRedis::Shared,
-            _ => TestRedis::Private(RedisProcess::start().await),
+            _ => TestRedis::Private(RedisServer::start(false).await),
         }
     }
 
