@@ -252,13 +252,22 @@ impl Connection {
     /// Writes every queued frame with one flush.
     async fn write_queued(&mut self) -> Option<End> {
         let overflowed = self.outbox.take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
         let mut sent = 0;
         let mut failed = false;
-        for delivery in self.batch.drain(..) {
-            // Frames queued before an unsubscribe are not sent after its reply,
-            // nor frames a snapshot or replay already covered.
-            if failed || !self.subs.admits(&delivery) {
+        for delivery in batch.drain(..) {
+            if failed {
                 continue;
+            }
+            match self.subs.admit(&delivery) {
+                // Frames queued before an unsubscribe are not sent after its
+                // reply, nor frames a snapshot or replay already covered.
+                Admit::Skip => continue,
+                Admit::Send => {}
+                Admit::Gap { after } => match self.fill_gap(&delivery.topic, after, delivery.seq).await {
+                    Ok(n) => sent += n,
+                    Err(()) => failed = true,
+                },
             }
             if self.socket.feed(Message::Text(delivery.text.clone())).await.is_err() {
                 failed = true;
@@ -266,9 +275,10 @@ impl Connection {
             sent += 1;
         }
         // Keep the spare buffer from growing without bound after a burst.
-        if self.batch.capacity() > 256 {
-            self.batch.shrink_to(64);
+        if batch.capacity() > 256 {
+            batch.shrink_to(64);
         }
+        self.batch = batch;
         if failed || self.socket.flush().await.is_err() {
             return Some(End::Gone);
         }
@@ -279,6 +289,39 @@ impl Connection {
             return Some(End::Close(CloseCode::SlowConsumer));
         }
         None
+    }
+
+    /// An order topic's live stream skipped from `after` to `before`
+    /// (updates published while this node's backplane link was down):
+    /// sends the missing ones from the topic's history first, so the
+    /// client sees every update once, in order. Returns how many it sent.
+    async fn fill_gap(&mut self, topic: &Topic, after: u64, before: u64) -> Result<u64, ()> {
+        let limit = (before - after - 1).min(self.node.config.replay_limit as u64) as usize;
+        let broker = Arc::clone(&self.node.broker);
+        let mut sent = 0;
+        match broker.history_after(topic, after, limit).await {
+            Ok(envelopes) => {
+                for raw in &envelopes {
+                    let Ok(env) = Envelope::parse(raw, Some(topic.as_str())) else { continue };
+                    if env.seq >= before {
+                        break;
+                    }
+                    let frame = Utf8Bytes::from(env.to_message_frame());
+                    self.socket.feed(Message::Text(frame)).await.map_err(|_| ())?;
+                    sent += 1;
+                }
+                self.node.metrics.gaps_filled.inc();
+                self.node.metrics.recovered.inc_by(sent);
+            }
+            Err(e) => tracing::debug!(%topic, error = %e, "could not fill a gap from history"),
+        }
+        if sent + 1 < before - after {
+            let message = format!("updates after {after} before {before} could not be recovered");
+            self.node.metrics.client_error(ErrorCode::RecoveryFailed);
+            let frame = wire::server::error(ErrorCode::RecoveryFailed, &message, Some(topic.as_str()), None);
+            self.socket.feed(Message::Text(Utf8Bytes::from(frame))).await.map_err(|_| ())?;
+        }
+        Ok(sent)
     }
 
     async fn on_frame(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {
@@ -571,9 +614,8 @@ fn read_error(e: axum::Error) -> End {
 /// removes every hub entry and releases topics left empty.
 struct Subscriptions {
     conn: ConnId,
-    /// Held topics, each with the highest `seq` already sent by a snapshot
-    /// or replay: live frames up to it are duplicates and skipped.
-    topics: HashMap<Topic, Option<u64>>,
+    /// Held topics and what was sent on each.
+    topics: HashMap<Topic, Sent>,
     outbox: Arc<Outbox>,
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
@@ -583,7 +625,7 @@ struct Subscriptions {
 impl Subscriptions {
     fn add(&mut self, topic: Topic) {
         self.hub.subscribe(&topic, Subscriber { conn: self.conn, outbox: Arc::clone(&self.outbox) });
-        self.topics.insert(topic, None);
+        self.topics.insert(topic, Sent::default());
         self.metrics.subscriptions.inc();
     }
 
@@ -595,26 +637,35 @@ impl Subscriptions {
         true
     }
 
+    /// Recovery sent everything up to `seq` on `topic`.
     fn set_floor(&mut self, topic: &str, seq: u64) {
-        if let Some(floor) = self.topics.get_mut(topic) {
-            *floor = Some(seq);
+        if let Some(sent) = self.topics.get_mut(topic) {
+            sent.floor = Some(seq);
+            sent.last = seq;
         }
     }
 
-    /// Whether a queued frame should go out: its topic is still held and
-    /// it is newer than what recovery sent. The floor is dropped at the
-    /// first newer frame, so a backend that restarts its seq is not muted.
-    fn admits(&mut self, delivery: &Delivery) -> bool {
-        match self.topics.get_mut(delivery.topic.as_str()) {
-            None => false,
-            Some(None) => true,
-            Some(floor @ Some(_)) => {
-                if floor.is_some_and(|f| delivery.seq <= f) {
-                    return false;
-                }
-                *floor = None;
-                true
+    /// What to do with a queued frame: skip it (topic no longer held, or
+    /// already sent by recovery), send it, or first fill the gap before it
+    /// (order topics, whose seq has no holes by construction).
+    fn admit(&mut self, delivery: &Delivery) -> Admit {
+        let Some(sent) = self.topics.get_mut(delivery.topic.as_str()) else {
+            return Admit::Skip;
+        };
+        if let Some(floor) = sent.floor {
+            if delivery.seq <= floor {
+                return Admit::Skip;
             }
+            // Dropped at the first newer frame, so a backend that restarts
+            // its seq is not muted.
+            sent.floor = None;
+        }
+        let after = sent.last;
+        sent.last = delivery.seq;
+        if delivery.topic.family() == TopicFamily::Orders && after > 0 && delivery.seq > after + 1 {
+            Admit::Gap { after }
+        } else {
+            Admit::Send
         }
     }
 
@@ -624,6 +675,25 @@ impl Subscriptions {
         }
         self.metrics.subscriptions.dec();
     }
+}
+
+/// Per-topic delivery state of one connection.
+#[derive(Default)]
+struct Sent {
+    /// Highest `seq` a snapshot or replay sent: live frames up to it are
+    /// duplicates and skipped (until the first newer one).
+    floor: Option<u64>,
+    /// The last `seq` sent (0: none yet), to notice gaps.
+    last: u64,
+}
+
+enum Admit {
+    Skip,
+    Send,
+    /// Send the history after `after` first.
+    Gap {
+        after: u64,
+    },
 }
 
 impl Drop for Subscriptions {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub order_timeouts: Counter,
     /// Envelopes replayed from history or sent as snapshots on subscribe.
     pub recovered: Counter,
+    /// Gaps in an order topic's live stream filled from its history.
+    pub gaps_filled: Counter,
 }
 
 impl Metrics {
@@ -130,6 +132,7 @@ impl Metrics {
             "Envelopes sent from history or snapshot on subscribe",
             m.recovered.clone(),
         );
+        registry.register("gaps_filled", "Live-stream gaps filled from history", m.gaps_filled.clone());
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -268,3 +268,48 @@ async fn orders_published_through_a_node_keep_history_for_since() {
     let snap = c.frame().await;
     assert_eq!((snap.topic.as_deref(), snap.seq), (Some("quotes.HIST"), Some(1)), "quote snapshot stored");
 }
+
+#[tokio::test]
+async fn a_gap_in_an_order_stream_is_filled_from_history() {
+    let server = TestRedis::get().await;
+    let prefix = unique_prefix();
+    let gw = TestGateway::start(redis_config(&server.url(), &prefix)).await;
+    let mut conn = server.connection().await;
+    let topic = "orders.gap";
+    let mut c = gw.client().await;
+    c.subscribe(topic).await;
+    publish_order_update(&mut conn, &prefix, topic).await; // 1, live
+    assert_eq!(c.frame().await.seq, Some(1));
+    // 2 and 3 reach the history but never the channel (as while a node's
+    // link to Redis was down); 4 is live again.
+    for _ in 0..2 {
+        let seq: u64 =
+            redis::cmd("INCR").arg(keys::seq_counter(&prefix, topic)).query_async(&mut conn).await.unwrap();
+        let env = envelope(topic, seq, &format!(r#"{{"update":{seq}}}"#));
+        let _: String = redis::cmd("XADD")
+            .arg(keys::history(&prefix, topic))
+            .arg(keys::history_id(seq))
+            .arg(keys::HISTORY_FIELD)
+            .arg(env)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    publish_order_update(&mut conn, &prefix, topic).await; // 4
+    for want in 2..=4 {
+        assert_eq!(c.frame().await.seq, Some(want));
+    }
+    assert_eq!(gw.metric("gateway_gaps_filled_total").await, 1.0);
+    // Quotes are not gap-filled: a newer quote simply supersedes.
+    c.subscribe("quotes.GAP").await;
+    for seq in [1, 5] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(keys::channel(&prefix, "quotes.GAP"))
+            .arg(envelope("quotes.GAP", seq, "{}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.frame().await.seq, Some(1));
+    assert_eq!(c.frame().await.seq, Some(5));
+}

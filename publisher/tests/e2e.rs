@@ -140,3 +140,47 @@ async fn resubscribing_with_since_gets_every_missed_update_exactly_once() {
     let expected: Vec<u64> = (1..=seen.len() as u64).collect();
     assert_eq!(seen, expected, "every update once, in order, across six reconnects");
 }
+
+#[tokio::test]
+async fn order_updates_survive_a_redis_restart_end_to_end() {
+    // A persistent Redis (append-only, fsync always), killed and restarted
+    // while the publisher streams order updates to a gateway's client.
+    let mut redis = RedisServer::start(true).await;
+    let prefix = unique_prefix();
+    let _publisher = start_publisher(
+        &redis.url(),
+        &prefix,
+        &[("PUBLISHER_ACCOUNTS", "1"), ("PUBLISHER_ORDER_RATE", "40"), ("PUBLISHER_FILL_DELAY_MS", "5")],
+    );
+    let gw = TestGateway::start(redis_config(&redis.url(), &prefix)).await;
+    let mut c = gw.client().await;
+    c.send(r#"{"action":"subscribe","topic":"orders.acct-1","since":0}"#).await;
+    assert_eq!(c.frame().await.kind, "subscribed");
+    let mut seen = Vec::new();
+    read(&mut c, 20, &mut seen).await;
+    redis.kill();
+    eventually("readiness to drop", || {
+        let addr = gw.addr;
+        async move { (http(addr, "GET", "/readyz", None, &[]).await.0 == 503).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // updates pile up in the publisher
+    redis.spawn().await;
+    eventually("readiness to return", || {
+        let addr = gw.addr;
+        async move { (http(addr, "GET", "/readyz", None, &[]).await.0 == 200).then_some(()) }
+    })
+    .await;
+    read(&mut c, 60, &mut seen).await;
+    let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+    assert_eq!(seen, expected, "every update exactly once, in order, across the Redis restart");
+}
+
+/// Reads `n` message frames, appending their seq to `seen`.
+async fn read(c: &mut Client, n: usize, seen: &mut Vec<u64>) {
+    for _ in 0..n {
+        let m = c.frame().await;
+        assert_eq!(m.kind, "message", "{m:?}");
+        seen.push(m.seq.unwrap());
+    }
+}
