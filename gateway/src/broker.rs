@@ -42,12 +42,15 @@ pub trait Broker: Send + Sync + 'static {
     fn release(&self, topic: &Topic);
 
     /// Publishes `data_json` (a JSON object) on `topic` to every node,
-    /// assigning the next `seq`; returns that `seq`.
+    /// assigning the next `seq`; returns that `seq`. An order update with
+    /// an `id` already published is not published again (its `seq` is
+    /// returned).
     fn publish<'a>(
         &'a self,
         topic: &'a Topic,
         data_json: &'a str,
         traceparent: Option<&'a str>,
+        id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<u64, BrokerError>>;
 
     /// The latest envelope published on `topic`, if the backplane keeps

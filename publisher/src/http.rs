@@ -15,11 +15,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 use tokio::time::Instant;
-use wire::{ErrorCode, Topic, TopicFamily};
+use wire::{ErrorCode, TopicFamily};
 
 use crate::outage::Backoff;
 use crate::redis_writer::{OrderUpdate, WriteError};
@@ -49,19 +47,6 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct PublishRequest<'a> {
-    #[serde(borrow)]
-    topic: Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    #[serde(default, borrow)]
-    traceparent: Option<Cow<'a, str>>,
-    /// Idempotency key for `orders.*`: the same id is published once.
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
-}
-
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let message: String = message.into();
     (status, Json(json!({"error": {"code": code.as_str(), "message": message}}))).into_response()
@@ -70,40 +55,15 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Re
 /// `POST /publish` with `{"topic", "data": {…}, "traceparent"?, "id"?}`;
 /// answers `{"topic", "seq"}`.
 pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = &shared.config.publish_api_key;
-    if !key.is_empty() {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong Bearer key");
-        }
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !wire::publish::bearer_matches(authorization, &shared.config.publish_api_key) {
+        return refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong Bearer key");
     }
-    let req: PublishRequest<'_> = match serde_json::from_slice(&body) {
+    let req = match wire::publish::parse(&body) {
         Ok(req) => req,
-        Err(e) if e.is_data() => {
-            return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, e.to_string());
-        }
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, e.to_string()),
+        Err((code, message)) => return refuse(StatusCode::BAD_REQUEST, code, message),
     };
-    let topic = match Topic::parse(&req.topic) {
-        Ok(t) => t,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidTopic, e.to_string()),
-    };
-    if !req.data.get().starts_with('{') {
-        return refuse(StatusCode::BAD_REQUEST, ErrorCode::InvalidFrame, "data must be a JSON object");
-    }
-    if let Some(id) = &req.id
-        && wire::topic::validate(id).is_err()
-    {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidFrame,
-            "id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-        );
-    }
+    let topic = req.topic;
     let traceparent = req.traceparent.as_deref();
     let result = match topic.family() {
         TopicFamily::Orders => {
@@ -163,8 +123,4 @@ async fn write_update(shared: &Shared, update: OrderUpdate) -> Result<u64, Write
             }
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

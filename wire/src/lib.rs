@@ -11,6 +11,7 @@ pub mod codes;
 pub mod envelope;
 pub mod keys;
 pub mod orders;
+pub mod publish;
 pub mod scripts;
 pub mod server;
 pub mod telemetry;

@@ -51,6 +51,7 @@ impl Broker for MemoryBroker {
         topic: &'a Topic,
         data_json: &'a str,
         traceparent: Option<&'a str>,
+        _id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<u64, BrokerError>> {
         Box::pin(async move {
             let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);

@@ -111,6 +111,7 @@ impl Broker for RedisBroker {
         topic: &'a Topic,
         data_json: &'a str,
         traceparent: Option<&'a str>,
+        id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<u64, BrokerError>> {
         Box::pin(async move {
             let (head, tail) =
@@ -122,7 +123,8 @@ impl Broker for RedisBroker {
                 match topic.family() {
                     // Order updates keep history (for `since`) and are written once.
                     TopicFamily::Orders => {
-                        let update_id = uuid::Uuid::new_v4().simple().to_string();
+                        let update_id =
+                            id.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
                         let (seq, _duplicate): (u64, u64) = self
                             .update_script
                             .key(keys::seq_counter(prefix, name))
