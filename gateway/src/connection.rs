@@ -22,16 +22,20 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::Instrument;
 use wire::client::{Command, Refusal};
-use wire::envelope::Envelope;
 use wire::orders::{OrderReply, OrderRequest};
-use wire::{CloseCode, ErrorCode, Topic, TopicFamily};
+use wire::{CloseCode, ErrorCode, Topic};
 
 use crate::auth::{AuthError, Identity};
-use crate::broker::{BoxFuture, Broker, BrokerError};
-use crate::hub::{ConnId, Hub, Subscriber};
-use crate::metrics::Metrics;
+use crate::broker::{BoxFuture, BrokerError};
 use crate::node::{Admission, Node};
 use crate::outbox::{Delivery, Limits, Outbox};
+
+mod rate_limit;
+mod recovery;
+mod subscriptions;
+
+use rate_limit::RateLimiter;
+use subscriptions::{Admit, Subscriptions};
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
@@ -113,32 +117,6 @@ struct Connection {
     limiter: RateLimiter,
     /// Malformed or rate-limited commands so far.
     strikes: u32,
-}
-
-/// A token bucket: `rate` commands per second, bursts up to `rate`.
-struct RateLimiter {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    fn new(rate: u32, now: Instant) -> Self {
-        let rate = f64::from(rate);
-        RateLimiter { rate, tokens: rate, last: now }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// How the task ends: with a close frame of ours, or with the socket gone.
@@ -289,39 +267,6 @@ impl Connection {
             return Some(End::Close(CloseCode::SlowConsumer));
         }
         None
-    }
-
-    /// An order topic's live stream skipped from `after` to `before`
-    /// (updates published while this node's backplane link was down):
-    /// sends the missing ones from the topic's history first, so the
-    /// client sees every update once, in order. Returns how many it sent.
-    async fn fill_gap(&mut self, topic: &Topic, after: u64, before: u64) -> Result<u64, ()> {
-        let limit = (before - after - 1).min(self.node.config.replay_limit as u64) as usize;
-        let broker = Arc::clone(&self.node.broker);
-        let mut sent = 0;
-        match broker.history_after(topic, after, limit).await {
-            Ok(envelopes) => {
-                for raw in &envelopes {
-                    let Ok(env) = Envelope::parse(raw, Some(topic.as_str())) else { continue };
-                    if env.seq >= before {
-                        break;
-                    }
-                    let frame = Utf8Bytes::from(env.to_message_frame());
-                    self.socket.feed(Message::Text(frame)).await.map_err(|_| ())?;
-                    sent += 1;
-                }
-                self.node.metrics.gaps_filled.inc();
-                self.node.metrics.recovered.inc_by(sent);
-            }
-            Err(e) => tracing::debug!(%topic, error = %e, "could not fill a gap from history"),
-        }
-        if sent + 1 < before - after {
-            let message = format!("updates after {after} before {before} could not be recovered");
-            self.node.metrics.client_error(ErrorCode::RecoveryFailed);
-            let frame = wire::server::error(ErrorCode::RecoveryFailed, &message, Some(topic.as_str()), None);
-            self.socket.feed(Message::Text(Utf8Bytes::from(frame))).await.map_err(|_| ())?;
-        }
-        Ok(sent)
     }
 
     async fn on_frame(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {
@@ -475,80 +420,6 @@ impl Connection {
         self.recover(topic, since).await
     }
 
-    /// After `subscribed`: replays history after `since` (no gap, no
-    /// duplicate at the seam with live frames already queued), or for
-    /// quotes sends the latest value as a snapshot.
-    async fn recover(&mut self, topic: Topic, since: Option<u64>) -> Option<End> {
-        let broker = Arc::clone(&self.node.broker);
-        let mut sent_up_to = since;
-        if let Some(since) = since {
-            let limit = self.node.config.replay_limit;
-            match broker.history_after(&topic, since, limit).await {
-                Ok(envelopes) => {
-                    let complete = envelopes.len() < limit;
-                    for raw in &envelopes {
-                        let Ok(env) = Envelope::parse(raw, Some(topic.as_str())) else { continue };
-                        if sent_up_to == Some(since) && env.seq > since + 1 {
-                            let message = format!(
-                                "history starts at seq {}; updates after {since} before it are gone",
-                                env.seq
-                            );
-                            if let Some(end) =
-                                self.refuse(ErrorCode::RecoveryFailed, &message, Some(topic.as_str())).await
-                            {
-                                return Some(end);
-                            }
-                        }
-                        if let Some(end) = self.reply(env.to_message_frame()).await {
-                            return Some(end);
-                        }
-                        self.node.metrics.recovered.inc();
-                        sent_up_to = Some(env.seq);
-                    }
-                    if !complete {
-                        let message = format!(
-                            "more than {limit} updates missed; resubscribe with the last seq received"
-                        );
-                        if let Some(end) =
-                            self.refuse(ErrorCode::RecoveryFailed, &message, Some(topic.as_str())).await
-                        {
-                            return Some(end);
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let Some(end) =
-                        self.refuse(ErrorCode::RecoveryFailed, &e.to_string(), Some(topic.as_str())).await
-                    {
-                        return Some(end);
-                    }
-                }
-            }
-        }
-        let replayed = sent_up_to != since;
-        if topic.family() == TopicFamily::Quotes && !replayed {
-            match broker.last_value(&topic).await {
-                Ok(Some(raw)) => {
-                    if let Ok(env) = Envelope::parse(&raw, Some(topic.as_str()))
-                        && since.is_none_or(|s| env.seq > s)
-                    {
-                        if let Some(end) = self.reply(env.to_message_frame()).await {
-                            return Some(end);
-                        }
-                        self.node.metrics.recovered.inc();
-                        sent_up_to = Some(env.seq);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(%topic, error = %e, "snapshot unavailable"),
-            }
-        }
-        if let Some(floor) = sent_up_to {
-            self.subs.set_floor(topic.as_str(), floor);
-        }
-        None
-    }
-
     /// Queues a reply in the socket's write buffer (flushed by the loop).
     async fn reply(&mut self, frame: String) -> Option<End> {
         match self.socket.feed(Message::Text(Utf8Bytes::from(frame))).await {
@@ -607,117 +478,5 @@ fn read_error(e: axum::Error) -> End {
         Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig),
         Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
         _ => End::Gone,
-    }
-}
-
-/// The topics one connection holds, mirrored in the hub. Dropping it
-/// removes every hub entry and releases topics left empty.
-struct Subscriptions {
-    conn: ConnId,
-    /// Held topics and what was sent on each.
-    topics: HashMap<Topic, Sent>,
-    outbox: Arc<Outbox>,
-    hub: Arc<Hub>,
-    broker: Arc<dyn Broker>,
-    metrics: Arc<Metrics>,
-}
-
-impl Subscriptions {
-    fn add(&mut self, topic: Topic) {
-        self.hub.subscribe(&topic, Subscriber { conn: self.conn, outbox: Arc::clone(&self.outbox) });
-        self.topics.insert(topic, Sent::default());
-        self.metrics.subscriptions.inc();
-    }
-
-    fn remove(&mut self, topic: &str) -> bool {
-        let Some((topic, _)) = self.topics.remove_entry(topic) else {
-            return false;
-        };
-        self.leave(&topic);
-        true
-    }
-
-    /// Recovery sent everything up to `seq` on `topic`.
-    fn set_floor(&mut self, topic: &str, seq: u64) {
-        if let Some(sent) = self.topics.get_mut(topic) {
-            sent.floor = Some(seq);
-            sent.last = seq;
-        }
-    }
-
-    /// What to do with a queued frame: skip it (topic no longer held, or
-    /// already sent by recovery), send it, or first fill the gap before it
-    /// (order topics, whose seq has no holes by construction).
-    fn admit(&mut self, delivery: &Delivery) -> Admit {
-        let Some(sent) = self.topics.get_mut(delivery.topic.as_str()) else {
-            return Admit::Skip;
-        };
-        if let Some(floor) = sent.floor {
-            if delivery.seq <= floor {
-                return Admit::Skip;
-            }
-            // Dropped at the first newer frame, so a backend that restarts
-            // its seq is not muted.
-            sent.floor = None;
-        }
-        let after = sent.last;
-        sent.last = delivery.seq;
-        if delivery.topic.family() == TopicFamily::Orders && after > 0 && delivery.seq > after + 1 {
-            Admit::Gap { after }
-        } else {
-            Admit::Send
-        }
-    }
-
-    fn leave(&self, topic: &Topic) {
-        if self.hub.unsubscribe(topic.as_str(), self.conn) {
-            self.broker.release(topic);
-        }
-        self.metrics.subscriptions.dec();
-    }
-}
-
-/// Per-topic delivery state of one connection.
-#[derive(Default)]
-struct Sent {
-    /// Highest `seq` a snapshot or replay sent: live frames up to it are
-    /// duplicates and skipped (until the first newer one).
-    floor: Option<u64>,
-    /// The last `seq` sent (0: none yet), to notice gaps.
-    last: u64,
-}
-
-enum Admit {
-    Skip,
-    Send,
-    /// Send the history after `after` first.
-    Gap {
-        after: u64,
-    },
-}
-
-impl Drop for Subscriptions {
-    fn drop(&mut self) {
-        self.outbox.close();
-        for (topic, _) in std::mem::take(&mut self.topics) {
-            self.leave(&topic);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limiter_allows_a_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut limiter = RateLimiter::new(10, start);
-        assert_eq!((0..20).filter(|_| limiter.allow(start)).count(), 10, "one burst");
-        assert!(!limiter.allow(start));
-        assert!(limiter.allow(start + Duration::from_millis(100)), "refills at the rate");
-        assert!(!limiter.allow(start + Duration::from_millis(100)));
-        let later = start + Duration::from_secs(60);
-        assert_eq!((0..20).filter(|_| limiter.allow(later)).count(), 10, "never more than a burst");
     }
 }
