@@ -36,7 +36,13 @@ pub enum ServerError {
 
 /// Builds the node for `config`: the Redis backplane when a URL is set,
 /// the in-memory one otherwise.
-pub fn build_node(config: Config, shutdown: CancellationToken) -> Result<Arc<Node>, ServerError> {
+/// `drain` starts the clients' drain; `stop` ends the backplane, which must
+/// keep delivering to draining clients until the last one is closed.
+pub fn build_node(
+    config: Config,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) -> Result<Arc<Node>, ServerError> {
     let id =
         if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
     let metrics = Arc::new(Metrics::default());
@@ -51,11 +57,11 @@ pub fn build_node(config: Config, shutdown: CancellationToken) -> Result<Arc<Nod
             Arc::clone(&hub),
             Arc::clone(&requests),
             Arc::clone(&metrics),
-            shutdown.clone(),
+            stop,
         )?)
     };
     let parts = NodeParts { config, id, hub, broker, requests, metrics };
-    Ok(Arc::new(Node::new(parts, shutdown)))
+    Ok(Arc::new(Node::new(parts, drain)))
 }
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -77,7 +83,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let token = CancellationToken::new();
-    let node = build_node(config, token.clone())?;
+    let backplane = CancellationToken::new();
+    // Whatever way run() ends, the backplane tasks end with it.
+    let _stop_backplane = backplane.clone().drop_guard();
+    let node = build_node(config, token.clone(), backplane)?;
     tracing::info!(
         addr = %listener.local_addr()?,
         node = %node.id,
