@@ -6,8 +6,6 @@
 //! figures (CPU seconds, RSS, open files) are read from `/proc` at scrape
 //! time, as benchmarks quote them next to message rates.
 
-use std::fmt::Write;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -136,56 +134,9 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        let body_end = out.rfind("# EOF").unwrap_or(out.len());
-        out.truncate(body_end);
-        process_metrics(&mut out);
-        out.push_str("# EOF\n");
+        wire::telemetry::finish_openmetrics(&mut out);
         out
     }
-}
-
-/// Appends `process_*` metrics read from `/proc/self` (Linux); on other
-/// systems, or if `/proc` is unreadable, they are left out.
-fn process_metrics(out: &mut String) {
-    if let Some(cpu) = cpu_seconds() {
-        let _ = writeln!(
-            out,
-            "# TYPE process_cpu_seconds counter\n# HELP process_cpu_seconds CPU time used by this process\nprocess_cpu_seconds_total {cpu:.3}"
-        );
-    }
-    if let Some(rss) = rss_bytes() {
-        let _ = writeln!(
-            out,
-            "# TYPE process_resident_memory_bytes gauge\n# HELP process_resident_memory_bytes Resident set size\nprocess_resident_memory_bytes {rss}"
-        );
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds = dir.count();
-        let _ = writeln!(
-            out,
-            "# TYPE process_open_fds gauge\n# HELP process_open_fds Open file descriptors\nprocess_open_fds {fds}"
-        );
-    }
-}
-
-/// User + system CPU seconds: `/proc/self/stat` fields 14 and 15, in clock
-/// ticks of 1/100 s (USER_HZ is 100 on every mainstream Linux build).
-pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may contain spaces; fields resume after ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// Resident set size in bytes, from `VmRSS` in `/proc/self/status`.
-pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 #[cfg(test)]
