@@ -1,14 +1,18 @@
 //! The backplane: how messages cross nodes.
 //!
-//! One small trait with two implementations: [`memory::MemoryBroker`]
-//! (embedded, one node, nothing to install) and [`redis::RedisBroker`]
-//! (a Redis pub/sub backplane shared by any number of stateless nodes).
+//! One small trait with three implementations: [`memory::MemoryBroker`]
+//! (embedded, one node, nothing to install), [`redis::RedisBroker`]
+//! (a Redis pub/sub backplane shared by any number of stateless nodes)
+//! and [`redis_cluster::RedisClusterBroker`] (the same on a Redis Cluster,
+//! with sharded pub/sub).
 //! The hub decides when a topic gets its first or loses its last local
 //! subscriber; the broker turns that into backplane subscriptions and
 //! feeds received envelopes back into the hub.
 
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;
+mod redis_commands;
 mod redis_pubsub;
 
 use std::future::Future;
@@ -18,7 +22,7 @@ use wire::Topic;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
@@ -73,6 +77,6 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the backplane is connected (drives `/readyz`).
     fn is_ready(&self) -> bool;
 
-    /// `memory` or `redis`, for logs and `/readyz`.
+    /// `memory`, `redis` or `redis-cluster`, for logs and `/readyz`.
     fn kind(&self) -> &'static str;
 }

@@ -28,7 +28,12 @@ pub struct Config {
     pub node_id: String,
     /// Redis URL of the backplane (`redis://`, `rediss://`); empty means
     /// the embedded in-memory backplane (one node, nothing to install).
+    /// With `redis_cluster`, a comma-separated list of seed nodes.
     pub redis_url: String,
+    /// The backplane is a Redis Cluster (Redis 7+): topics travel on
+    /// sharded pub/sub (SSUBSCRIBE / SPUBLISH), so each message only
+    /// crosses the shard that owns its channel's slot.
+    pub redis_cluster: bool,
     /// Prefix of every Redis channel and key (the contract's default `rt:`).
     pub channel_prefix: String,
     /// Largest client frame accepted; larger ones close the socket (1009).
@@ -106,6 +111,7 @@ impl Default for Config {
             listen: "0.0.0.0:8080".into(),
             node_id: String::new(),
             redis_url: String::new(),
+            redis_cluster: false,
             channel_prefix: "rt:".into(),
             max_frame_bytes: 64 * 1024,
             max_subscriptions: 1024,
@@ -213,13 +219,30 @@ impl Config {
             reason,
         };
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        let url_ok = self.redis_url.is_empty()
-            || ["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s));
-        if !url_ok {
-            return Err(bad("redis_url", "must start with redis://, rediss:// or unix://".into()));
+        if self.redis_cluster {
+            // Cluster nodes are reached over TCP; there is no unix:// seed.
+            if self.redis_url.is_empty() {
+                return Err(bad("redis_url", "redis_cluster needs at least one seed node".into()));
+            }
+            if let Some(seed) =
+                self.redis_seeds().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return Err(bad("redis_url", format!("seed {seed:?} must start with redis:// or rediss://")));
+            }
+        } else {
+            let url_ok = self.redis_url.is_empty()
+                || ["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s));
+            if !url_ok {
+                return Err(bad("redis_url", "must start with redis://, rediss:// or unix://".into()));
+            }
         }
         if self.channel_prefix.is_empty() || self.channel_prefix.chars().any(char::is_whitespace) {
             return Err(bad("channel_prefix", "must be non-empty, without spaces".into()));
+        }
+        // A brace in the prefix would change which part of a key Redis
+        // Cluster hashes, and a topic's keys would leave its channel's slot.
+        if self.redis_cluster && self.channel_prefix.contains(['{', '}']) {
+            return Err(bad("channel_prefix", "must not contain { or } with redis_cluster".into()));
         }
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
@@ -256,6 +279,11 @@ impl Config {
             return Err(bad("redis_backoff_max_ms", "must be at least 10".into()));
         }
         Ok(())
+    }
+
+    /// The seed nodes of a Redis Cluster (`redis_url` split at commas).
+    pub fn redis_seeds(&self) -> impl Iterator<Item = &str> {
+        self.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty())
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -345,10 +373,37 @@ mod tests {
             ("GATEWAY_LISTEN", "nowhere", "listen"),
             ("GATEWAY_REDIS_URL", "http://x", "redis_url"),
             ("GATEWAY_NO_SUCH_KEY", "1", "no_such_key"),
+            ("GATEWAY_REDIS_CLUSTER", "maybe", "redis_cluster"),
         ];
         for (k, v, key) in cases {
             let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(key), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn cluster_seeds_are_a_comma_separated_list() {
+        let vars = env(&[
+            ("GATEWAY_REDIS_CLUSTER", "true"),
+            ("GATEWAY_REDIS_URL", "redis://10.0.0.1:7000, redis://10.0.0.2:7000,"),
+        ]);
+        let cfg = Config::load_from(None, vars).unwrap();
+        assert!(cfg.redis_cluster);
+        assert_eq!(cfg.redis_seeds().collect::<Vec<_>>(), ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+        let refused = [
+            [("GATEWAY_REDIS_CLUSTER", "true"), ("GATEWAY_REDIS_URL", "")],
+            [("GATEWAY_REDIS_CLUSTER", "true"), ("GATEWAY_REDIS_URL", "redis://a:1,unix:///tmp/r.sock")],
+        ];
+        for vars in refused {
+            let err = Config::load_from(None, env(&vars)).unwrap_err().to_string();
+            assert!(err.contains("redis_url"), "{vars:?}: {err}");
+        }
+        let braces = env(&[
+            ("GATEWAY_REDIS_CLUSTER", "true"),
+            ("GATEWAY_REDIS_URL", "redis://a:1"),
+            ("GATEWAY_CHANNEL_PREFIX", "rt{x}:"),
+        ]);
+        let err = Config::load_from(None, braces).unwrap_err().to_string();
+        assert!(err.contains("channel_prefix"), "{err}");
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
+use crate::broker::redis_cluster::RedisClusterBroker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -34,8 +35,9 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the node for `config`: the Redis backplane when a URL is set,
-/// the in-memory one otherwise.
+/// Builds the node for `config`: the Redis backplane when a URL is set
+/// (the Redis Cluster one with `redis_cluster`), the in-memory one
+/// otherwise.
 /// `drain` starts the clients' drain; `stop` ends the backplane, which must
 /// keep delivering to draining clients until the last one is closed.
 pub fn build_node(
@@ -50,6 +52,15 @@ pub fn build_node(
     let requests = Arc::new(Requests::default());
     let broker: Arc<dyn Broker> = if config.redis_url.is_empty() {
         Arc::new(MemoryBroker::new(Arc::clone(&hub)))
+    } else if config.redis_cluster {
+        Arc::new(RedisClusterBroker::start(
+            &config,
+            &id,
+            Arc::clone(&hub),
+            Arc::clone(&requests),
+            Arc::clone(&metrics),
+            stop,
+        )?)
     } else {
         Arc::new(RedisBroker::start(
             &config,

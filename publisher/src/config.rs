@@ -29,8 +29,12 @@ const TICKERS: [&str; 20] = [
 pub struct Config {
     /// Address of the HTTP server (publish API, health, metrics).
     pub listen: String,
-    /// Redis URL of the backplane (`redis://`, `rediss://`, `unix://`).
+    /// Redis URL of the backplane (`redis://`, `rediss://`, `unix://`);
+    /// with `redis_cluster`, a comma-separated list of seed nodes.
     pub redis_url: String,
+    /// The backplane is a Redis Cluster (Redis 7+): messages are published
+    /// with SPUBLISH (sharded pub/sub), as the gateways then subscribe.
+    pub redis_cluster: bool,
     /// Prefix of every Redis channel and key (the contract's default `rt:`).
     pub channel_prefix: String,
     /// Comma-separated symbols to quote and trade; empty means
@@ -83,6 +87,7 @@ impl Default for Config {
         Config {
             listen: "0.0.0.0:8090".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: false,
             channel_prefix: "rt:".into(),
             symbols: String::new(),
             symbol_count: 100,
@@ -154,11 +159,26 @@ impl Config {
             reason,
         };
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        if !["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s)) {
+        if self.redis_cluster {
+            // Cluster nodes are reached over TCP; there is no unix:// seed.
+            if self.redis_seeds().next().is_none() {
+                return Err(bad("redis_url", "redis_cluster needs at least one seed node".into()));
+            }
+            if let Some(seed) =
+                self.redis_seeds().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return Err(bad("redis_url", format!("seed {seed:?} must start with redis:// or rediss://")));
+            }
+        } else if !["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s)) {
             return Err(bad("redis_url", "must start with redis://, rediss:// or unix://".into()));
         }
         if self.channel_prefix.is_empty() || self.channel_prefix.chars().any(char::is_whitespace) {
             return Err(bad("channel_prefix", "must be non-empty, without spaces".into()));
+        }
+        // A brace in the prefix would change which part of a key Redis
+        // Cluster hashes, and a topic's keys would leave its channel's slot.
+        if self.redis_cluster && self.channel_prefix.contains(['{', '}']) {
+            return Err(bad("channel_prefix", "must not contain { or } with redis_cluster".into()));
         }
         if self.replica_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("replica_id", "may only contain A-Z a-z 0-9 - _ .".into()));
@@ -206,6 +226,11 @@ impl Config {
             return Err(bad("cancel_ratio", format!("{} is outside 0..=1", self.cancel_ratio)));
         }
         Ok(())
+    }
+
+    /// The seed nodes of a Redis Cluster (`redis_url` split at commas).
+    pub fn redis_seeds(&self) -> impl Iterator<Item = &str> {
+        self.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty())
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -300,7 +325,7 @@ mod tests {
             let env = format!("# env {ENV_PREFIX}_{}", key.to_uppercase());
             assert!(text.contains(&env), "{key} lacks its env var comment");
         }
-        assert_eq!(table.len(), 22, "every key of Config is in the example");
+        assert_eq!(table.len(), 23, "every key of Config is in the example");
     }
 
     #[test]
@@ -317,10 +342,35 @@ mod tests {
             ("PUBLISHER_CANCEL_RATIO", "2", "cancel_ratio"),
             ("PUBLISHER_OUTAGE_BUFFER", "0", "outage_buffer"),
             ("PUBLISHER_NO_SUCH_KEY", "1", "no_such_key"),
+            ("PUBLISHER_REDIS_CLUSTER", "maybe", "redis_cluster"),
         ];
         for (k, v, key) in cases {
             let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(key), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn cluster_seeds_are_a_comma_separated_list() {
+        let vars = env(&[
+            ("PUBLISHER_REDIS_CLUSTER", "true"),
+            ("PUBLISHER_REDIS_URL", "redis://10.0.0.1:7000, redis://10.0.0.2:7000"),
+        ]);
+        let cfg = Config::load_from(None, vars).unwrap();
+        assert!(cfg.redis_cluster);
+        assert_eq!(cfg.redis_seeds().collect::<Vec<_>>(), ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+        for (url, prefix, key) in [
+            (",", "rt:", "redis_url"),
+            ("redis://a:1,unix:///tmp/r.sock", "rt:", "redis_url"),
+            ("redis://a:1", "rt{x}:", "channel_prefix"),
+        ] {
+            let vars = env(&[
+                ("PUBLISHER_REDIS_CLUSTER", "true"),
+                ("PUBLISHER_REDIS_URL", url),
+                ("PUBLISHER_CHANNEL_PREFIX", prefix),
+            ]);
+            let err = Config::load_from(None, vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{url} {prefix}: {err}");
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::market::{Market, Quote};
 use crate::metrics::Metrics;
 use crate::outage::{Backoff, Outage};
+use crate::redis_link::Conn;
 use crate::redis_writer::{RedisWriter, TopicBatch};
 
 /// How often the feed wakes up to send what it owes.
@@ -143,7 +144,7 @@ pub async fn run(
     let mut backoff = Backoff::new(backoff_max);
     let mut resume_at: Option<Instant> = None;
     // Held across batches: taking a pooled connection costs a PING.
-    let mut conn: Option<deadpool_redis::Connection> = None;
+    let mut conn: Option<Conn> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,

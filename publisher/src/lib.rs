@@ -18,6 +18,7 @@ pub mod order_service;
 pub mod order_updates;
 pub mod orders;
 pub mod outage;
+pub mod redis_link;
 pub mod redis_writer;
 pub mod server;
 pub mod simulator;

@@ -1,7 +1,8 @@
 //! The order request/reply service: reads gateways' order requests from
 //! the request stream through the shared consumer group, answers each on
-//! the asking node's reply channel, acknowledges it, then runs the
-//! accepted order's lifecycle on `orders.<ACCOUNT>`.
+//! the asking node's reply channel (SPUBLISH on a Redis Cluster),
+//! acknowledges it, then runs the accepted order's lifecycle on
+//! `orders.<ACCOUNT>`.
 //!
 //! Each request is served once across replicas (consumer group). A
 //! replica that dies holding requests leaves them pending; every replica
@@ -26,6 +27,7 @@ use wire::orders::{CONSUMER_GROUP, OrderReply, OrderRequest, REQUEST_FIELD, Repl
 use crate::metrics::REPLY_OK;
 use crate::orders::{self, Order};
 use crate::outage::Backoff;
+use crate::redis_link::Conn;
 use crate::redis_writer::WriteError;
 use crate::state::Shared;
 
@@ -60,12 +62,13 @@ pub async fn run(shared: Arc<Shared>) {
     };
     let shutdown = reader.shared.shutdown.clone();
     let mut backoff = Backoff::new(reader.shared.config.redis_backoff_max());
-    let mut conn: Option<deadpool_redis::Connection> = None;
+    let mut conn: Option<Conn> = None;
     tracing::info!(consumer = %reader.shared.replica_id, stream = %reader.stream, "order service started");
     while !shutdown.is_cancelled() {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match reader.shared.writer.conn().await {
+            // Its own connection: XREADGROUP blocks it.
+            None => match reader.shared.writer.dedicated_conn().await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     reader.failed(&e);
@@ -115,7 +118,7 @@ impl Reader {
 
     /// One round: make sure the group exists, claim idle requests when
     /// due, read a batch, serve it.
-    async fn round(&mut self, conn: &mut deadpool_redis::Connection) -> Result<(), WriteError> {
+    async fn round(&mut self, conn: &mut Conn) -> Result<(), WriteError> {
         if !self.group_ready {
             self.create_group(conn).await?;
             self.group_ready = true;
@@ -132,7 +135,7 @@ impl Reader {
         self.serve(conn, entries).await
     }
 
-    async fn create_group(&self, conn: &mut deadpool_redis::Connection) -> Result<(), WriteError> {
+    async fn create_group(&self, conn: &mut Conn) -> Result<(), WriteError> {
         // From id 0, so requests queued before the first replica ever
         // started are served too (stale ones are skipped by age).
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
@@ -150,7 +153,7 @@ impl Reader {
     }
 
     /// Takes over requests another replica left pending too long.
-    async fn claim(&mut self, conn: &mut deadpool_redis::Connection) -> Result<(), WriteError> {
+    async fn claim(&mut self, conn: &mut Conn) -> Result<(), WriteError> {
         let idle = self.shared.config.request_claim_idle_ms;
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
@@ -170,11 +173,7 @@ impl Reader {
         Ok(())
     }
 
-    async fn read(
-        &self,
-        conn: &mut deadpool_redis::Connection,
-        own_pending: bool,
-    ) -> Result<Vec<StreamId>, WriteError> {
+    async fn read(&self, conn: &mut Conn, own_pending: bool) -> Result<Vec<StreamId>, WriteError> {
         let mut opts =
             StreamReadOptions::default().group(CONSUMER_GROUP, &self.shared.replica_id).count(READ_COUNT);
         let id = if own_pending {
@@ -195,17 +194,13 @@ impl Reader {
 
     /// Answers and acknowledges a batch in one round trip, then starts the
     /// accepted orders' lifecycles.
-    async fn serve(
-        &self,
-        conn: &mut deadpool_redis::Connection,
-        entries: Vec<StreamId>,
-    ) -> Result<(), WriteError> {
+    async fn serve(&self, conn: &mut Conn, entries: Vec<StreamId>) -> Result<(), WriteError> {
         if entries.is_empty() {
             return Ok(());
         }
         let shared = &self.shared;
         let now = wire::now_ms();
-        let mut pipe = redis::pipe();
+        let mut replies: Vec<(String, String)> = Vec::with_capacity(entries.len());
         let mut accepted: Vec<Order> = Vec::new();
         let mut skipped = 0u64;
         let mut codes: Vec<&'static str> = Vec::new();
@@ -246,18 +241,12 @@ impl Reader {
                 }
             };
             match serde_json::to_string(&reply) {
-                Ok(json) => {
-                    pipe.cmd("PUBLISH")
-                        .arg(keys::node_replies(shared.prefix(), &request.node))
-                        .arg(json)
-                        .ignore();
-                }
+                Ok(json) => replies.push((keys::node_replies(shared.prefix(), &request.node), json)),
                 Err(e) => tracing::error!(error = %e, "order reply could not be encoded"),
             }
         }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        pipe.cmd("XACK").arg(&self.stream).arg(CONSUMER_GROUP).arg(&ids).ignore();
-        pipe.query_async::<()>(conn).await?;
+        shared.writer.reply_and_ack(conn, &replies, &self.stream, CONSUMER_GROUP, &ids).await?;
 
         shared.metrics.requests_served.inc_by(codes.len() as u64);
         shared.metrics.requests_skipped.inc_by(skipped);

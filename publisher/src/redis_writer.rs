@@ -16,17 +16,20 @@
 //!   a dedupe marker, so a retry after an ambiguous failure returns the
 //!   original `seq` instead of writing the update twice.
 //!
-//! Every key a script touches carries the topic as its `{hash tag}`, so
-//! each call stays within one Redis Cluster slot.
+//! Every key a script touches carries the topic's channel as its
+//! `{hash tag}`, so each call, its publish included, stays within one
+//! Redis Cluster slot. On a cluster the scripts publish with SPUBLISH and
+//! pipelines are split by slot (`redis_link`); on one server everything
+//! goes in one pipeline, as before.
 
-use std::time::Duration;
-
-use deadpool_redis::{Pool, Runtime};
-use redis::aio::ConnectionLike;
-use redis::{AsyncConnectionConfig, Pipeline, Script, Value};
+use deadpool_redis::Pool;
+use redis::{Cmd, Pipeline, Script, Value};
+use wire::scripts::PublishCommand;
 use wire::{Topic, keys};
 
 use crate::config::Config;
+pub use crate::redis_link::pool;
+use crate::redis_link::{self, Conn, Link};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -97,24 +100,32 @@ pub use wire::scripts::DEDUPE_TTL_SECS;
 use wire::scripts::{BATCH_SCRIPT, UPDATE_SCRIPT};
 
 pub struct RedisWriter {
-    pool: Pool,
+    link: Link,
     prefix: String,
     history_maxlen: u64,
+    /// `PUBLISH` on one server, `SPUBLISH` on a cluster.
+    publish: PublishCommand,
     batch_script: Script,
     update_script: Script,
 }
 
 impl RedisWriter {
     pub fn new(config: &Config) -> Result<Self, WriteError> {
-        let pool = pool(&config.redis_url, config.redis_timeout(), 16)?;
-        Ok(Self::with_pool(pool, config.channel_prefix.clone(), config.history_maxlen))
+        Ok(Self::with_link(Link::open(config)?, config.channel_prefix.clone(), config.history_maxlen))
     }
 
+    /// A writer on one server through `pool`.
     pub fn with_pool(pool: Pool, prefix: String, history_maxlen: u64) -> Self {
+        Self::with_link(Link::Single(pool), prefix, history_maxlen)
+    }
+
+    fn with_link(link: Link, prefix: String, history_maxlen: u64) -> Self {
+        let publish = PublishCommand::for_cluster(matches!(link, Link::Cluster(_)));
         RedisWriter {
-            pool,
+            link,
             prefix,
             history_maxlen,
+            publish,
             batch_script: Script::new(BATCH_SCRIPT),
             update_script: Script::new(UPDATE_SCRIPT),
         }
@@ -124,9 +135,14 @@ impl RedisWriter {
         &self.prefix
     }
 
-    /// A pooled connection (commands time out after `redis_timeout`).
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, WriteError> {
-        self.pool.get().await.map_err(|e| WriteError::Pool(e.to_string()))
+    /// A connection (commands time out after `redis_timeout`).
+    pub async fn conn(&self) -> Result<Conn, WriteError> {
+        self.link.conn().await
+    }
+
+    /// A connection no other task uses, for blocking reads.
+    pub async fn dedicated_conn(&self) -> Result<Conn, WriteError> {
+        self.link.dedicated().await
     }
 
     /// Publishes every batch in one pipeline; returns the last `seq` of each.
@@ -136,29 +152,29 @@ impl RedisWriter {
     }
 
     /// As [`RedisWriter::publish_batches`], on a connection the caller holds.
-    pub async fn publish_batches_on<C: ConnectionLike + Send>(
+    pub async fn publish_batches_on(
         &self,
-        conn: &mut C,
+        conn: &mut Conn,
         batches: &[TopicBatch],
     ) -> Result<Vec<u64>, WriteError> {
-        let mut pipe = redis::pipe();
-        let mut calls = 0;
+        let mut calls = Vec::new();
         for b in batches.iter().filter(|b| !b.tails.is_empty()) {
-            pipe.cmd("EVALSHA")
-                .arg(self.batch_script.get_hash())
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.batch_script.get_hash())
                 .arg(2)
                 .arg(keys::seq_counter(&self.prefix, &b.topic))
                 .arg(keys::last_value(&self.prefix, &b.topic))
+                .arg(self.publish.as_str())
                 .arg(keys::channel(&self.prefix, &b.topic))
                 .arg(&b.head)
                 .arg(if b.store_last { "1" } else { "0" })
                 .arg(&b.tails);
-            calls += 1;
+            calls.push((self.slot(&b.topic), cmd));
         }
-        if calls == 0 {
+        if calls.is_empty() {
             return Ok(Vec::new());
         }
-        let values = self.run(conn, &pipe).await?;
+        let values = self.run(conn, calls).await?;
         values.iter().map(|v| as_u64(v).ok_or_else(|| WriteError::Reply(format!("{v:?}")))).collect()
     }
 
@@ -183,22 +199,24 @@ impl RedisWriter {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
+        let mut calls = Vec::with_capacity(updates.len());
         for u in updates {
             let topic = u.topic.as_str();
-            pipe.cmd("EVALSHA")
-                .arg(self.update_script.get_hash())
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.update_script.get_hash())
                 .arg(3)
                 .arg(keys::seq_counter(&self.prefix, topic))
                 .arg(keys::history(&self.prefix, topic))
                 .arg(dedupe_key(&self.prefix, topic, &u.id))
+                .arg(self.publish.as_str())
                 .arg(keys::channel(&self.prefix, topic))
                 .arg(&u.head)
                 .arg(&u.tail)
                 .arg(self.history_maxlen)
                 .arg(DEDUPE_TTL_SECS);
+            calls.push((self.slot(topic), cmd));
         }
-        let values = self.run(&mut conn, &pipe).await?;
+        let values = self.run(&mut conn, calls).await?;
         values
             .iter()
             .map(|v| match v {
@@ -211,47 +229,82 @@ impl RedisWriter {
             .collect()
     }
 
-    /// Runs a pipeline of EVALSHA calls, loading the scripts once if Redis
-    /// lost them (a restart empties its script cache).
-    async fn run<C: ConnectionLike + Send>(
+    /// Sends order replies (JSON on each asking node's reply channel),
+    /// then acknowledges the requests `ids` on `stream`: in one pipeline on
+    /// one server; on a cluster the replies first (one pipeline per slot),
+    /// then the acknowledgement, so no request is acknowledged unless its
+    /// reply went out.
+    pub async fn reply_and_ack(
         &self,
-        conn: &mut C,
-        pipe: &Pipeline,
-    ) -> Result<Vec<Value>, WriteError> {
-        match pipe.query_async::<Vec<Value>>(conn).await {
-            Err(e) if e.code() == Some("NOSCRIPT") => {
+        conn: &mut Conn,
+        replies: &[(String, String)],
+        stream: &str,
+        group: &str,
+        ids: &[&str],
+    ) -> Result<(), WriteError> {
+        let mut ack = redis::cmd("XACK");
+        ack.arg(stream).arg(group).arg(ids);
+        match conn {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for (channel, json) in replies {
+                    pipe.cmd(self.publish.as_str()).arg(channel).arg(json).ignore();
+                }
+                pipe.add_command(ack).ignore();
+                pipe.query_async::<()>(c).await?;
+            }
+            Conn::Cluster(c) => {
+                let sends = replies
+                    .iter()
+                    .map(|(channel, json)| {
+                        let mut cmd = redis::cmd(self.publish.as_str());
+                        cmd.arg(channel).arg(json);
+                        (keys::cluster_slot(channel), cmd)
+                    })
+                    .collect();
+                redis_link::run_by_slot(c, sends).await?;
+                ack.query_async::<()>(c).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster slot a topic's keys and channel live in.
+    fn slot(&self, topic: &str) -> u16 {
+        keys::cluster_slot(&keys::channel(&self.prefix, topic))
+    }
+
+    /// Runs EVALSHA calls (each with its slot), loading the scripts once
+    /// if Redis lost them (a restart empties its script cache).
+    async fn run(&self, conn: &mut Conn, calls: Vec<(u16, Cmd)>) -> Result<Vec<Value>, WriteError> {
+        match self.run_once(conn, &calls).await {
+            Err(WriteError::Redis(e)) if e.code() == Some("NOSCRIPT") => {
+                // SCRIPT LOAD goes to every node of a cluster.
                 self.batch_script.load_async(conn).await?;
                 self.update_script.load_async(conn).await?;
-                Ok(pipe.query_async(conn).await?)
+                self.run_once(conn, &calls).await
             }
-            other => Ok(other?),
+            other => other,
         }
     }
 
-    /// One PING round trip: is Redis there?
-    pub async fn ping(&self) -> Result<(), WriteError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        Ok(())
+    async fn run_once(&self, conn: &mut Conn, calls: &[(u16, Cmd)]) -> Result<Vec<Value>, WriteError> {
+        match conn {
+            Conn::Single(c) => {
+                let mut pipe = Pipeline::with_capacity(calls.len());
+                for (_, cmd) in calls {
+                    pipe.add_command(cmd.clone());
+                }
+                Ok(pipe.query_async::<Vec<Value>>(c).await?)
+            }
+            Conn::Cluster(c) => redis_link::run_by_slot(c, calls.to_vec()).await,
+        }
     }
-}
 
-/// A connection pool whose commands fail after `timeout` instead of
-/// hanging on a Redis that went away.
-pub fn pool(url: &str, timeout: Duration, size: usize) -> Result<Pool, WriteError> {
-    let conn_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let manager = deadpool_redis::Manager::new_with_config(url, conn_config)
-        .map_err(|e| WriteError::Pool(format!("invalid redis_url: {e}")))?;
-    Pool::builder(manager)
-        .max_size(size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .build()
-        .map_err(|e| WriteError::Pool(e.to_string()))
+    /// A round trip to Redis (every master of a cluster): is it there?
+    pub async fn ping(&self) -> Result<(), WriteError> {
+        self.link.ping().await
+    }
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
@@ -277,7 +330,11 @@ mod tests {
     }
 
     #[test]
-    fn dedupe_key_carries_the_topic_hash_tag() {
-        assert_eq!(dedupe_key("rt:", "orders.a", "u1"), "rt:dedupe:{orders.a}:u1");
+    fn dedupe_key_carries_the_channel_hash_tag() {
+        assert_eq!(dedupe_key("rt:", "orders.a", "u1"), "rt:dedupe:{rt:orders.a}:u1");
+        assert_eq!(
+            keys::cluster_slot(&dedupe_key("rt:", "orders.a", "u1")),
+            keys::cluster_slot("rt:orders.a")
+        );
     }
 }

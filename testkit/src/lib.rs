@@ -4,6 +4,12 @@
 //! Nothing here is a mock: every helper drives a real process or socket.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod cluster;
+pub mod process;
+pub mod resilient;
+
+pub use cluster::RedisCluster;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

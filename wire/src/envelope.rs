@@ -1,4 +1,5 @@
-//! The backplane envelope: what a backend PUBLISHes on `rt:<topic>`.
+//! The backplane envelope: what a backend PUBLISHes on `rt:<topic>`
+//! (SPUBLISHes, on a Redis Cluster backplane).
 //!
 //! `{"topic":…,"seq":…,"ts":…,"data":{…},"traceparent":"…"}`. The gateway
 //! parses it once per message, borrowing from the received bytes, and

@@ -5,7 +5,8 @@
 //! one consumer group, so each request is served once and a crashed
 //! replica's pending ones are claimed by another. The service PUBLISHes an
 //! [`OrderReply`] (JSON) on the asking node's channel
-//! [`crate::keys::node_replies`], and the gateway hands it to the
+//! [`crate::keys::node_replies`] (SPUBLISHes it on a Redis Cluster, where
+//! gateways subscribe with SSUBSCRIBE), and the gateway hands it to the
 //! connection that asked, matched by `corr`. The order's lifecycle then
 //! travels as ordinary envelopes on `orders.<account>`.
 

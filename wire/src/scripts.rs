@@ -6,8 +6,12 @@
 //! `seq` is assigned inside Redis, atomically with the PUBLISH, by `INCR`
 //! on the topic's counter ([`crate::keys::seq_counter`]), so it never goes
 //! backwards on a topic whoever publishes and however often they restart.
-//! Every key a script touches carries the topic as its `{hash tag}`, so
-//! each call stays within one Redis Cluster slot.
+//! Every key a script touches carries the topic's channel as its
+//! `{hash tag}` ([`crate::keys`]), so each call, its PUBLISH included,
+//! stays within one Redis Cluster slot. The publish command is an
+//! argument ([`PublishCommand`]): `PUBLISH` on a single Redis, `SPUBLISH`
+//! on a Redis Cluster, whose sharded pub/sub only delivers what was
+//! SPUBLISHed (and keeps each message on the shard that owns its slot).
 //!
 //! * [`BATCH_SCRIPT`] (quotes and topics without history): takes `n`
 //!   numbers with `INCRBY`, publishes the `n` envelopes and, for quotes,
@@ -21,36 +25,71 @@
 /// retry of that update can take.
 pub const DEDUPE_TTL_SECS: u64 = 3600;
 
-/// KEYS: seq counter, last-value key. ARGV: channel, envelope head,
-/// store-last flag, then one envelope tail per message.
+/// The command a script publishes with, passed as its first ARGV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishCommand {
+    /// Classic pub/sub, on a single Redis (the contract's `PUBLISH`).
+    Publish,
+    /// Sharded pub/sub, on a Redis Cluster (Redis 7 and later).
+    SPublish,
+}
+
+impl PublishCommand {
+    /// `SPublish` when the backplane is a Redis Cluster.
+    pub fn for_cluster(cluster: bool) -> Self {
+        if cluster { PublishCommand::SPublish } else { PublishCommand::Publish }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishCommand::Publish => "PUBLISH",
+            PublishCommand::SPublish => "SPUBLISH",
+        }
+    }
+}
+
+/// KEYS: seq counter, last-value key. ARGV: publish command
+/// ([`PublishCommand`]), channel, envelope head, store-last flag, then one
+/// envelope tail per message.
 pub const BATCH_SCRIPT: &str = r"
-local n = #ARGV - 3
+if ARGV[1] ~= 'PUBLISH' and ARGV[1] ~= 'SPUBLISH' then
+  return redis.error_reply('ERR first argument must be PUBLISH or SPUBLISH')
+end
+local n = #ARGV - 4
 local last = redis.call('INCRBY', KEYS[1], n)
 local env
 for i = 1, n do
-  env = ARGV[2] .. (last - n + i) .. ARGV[3 + i]
-  redis.call('PUBLISH', ARGV[1], env)
+  env = ARGV[3] .. (last - n + i) .. ARGV[4 + i]
+  redis.call(ARGV[1], ARGV[2], env)
 end
-if ARGV[3] == '1' then
+if ARGV[4] == '1' then
   redis.call('SET', KEYS[2], env)
 end
 return last
 ";
 
-/// KEYS: seq counter, history stream, dedupe marker. ARGV: channel,
-/// envelope head, envelope tail, history maxlen, marker TTL (s).
+/// KEYS: seq counter, history stream, dedupe marker. ARGV: publish
+/// command ([`PublishCommand`]), channel, envelope head, envelope tail,
+/// history maxlen, marker TTL (s).
 /// Returns {seq, 1 if this update had already been written}.
+///
+/// Both scripts refuse any other first argument before writing anything
+/// (Lua errors do not roll back earlier writes), so a caller still
+/// using an older argument layout fails cleanly.
 ///
 /// A counter that fell behind its history (deleted or evicted while the
 /// stream survived) would make every XADD fail; the script then moves the
 /// counter past the stream's last id once, instead of failing forever.
 pub const UPDATE_SCRIPT: &str = r"
+if ARGV[1] ~= 'PUBLISH' and ARGV[1] ~= 'SPUBLISH' then
+  return redis.error_reply('ERR first argument must be PUBLISH or SPUBLISH')
+end
 local done = redis.call('GET', KEYS[3])
 if done then
   return {tonumber(done), 1}
 end
 local seq = redis.call('INCR', KEYS[1])
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '0-' .. seq, 'env', ARGV[2] .. seq .. ARGV[3])
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'env', ARGV[3] .. seq .. ARGV[4])
 if type(added) == 'table' and added.err then
   local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
   local last = top[1] and tonumber(string.match(top[1][1], '^0%-(%d+)$'))
@@ -59,9 +98,9 @@ if type(added) == 'table' and added.err then
   end
   redis.call('SET', KEYS[1], last)
   seq = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '0-' .. seq, 'env', ARGV[2] .. seq .. ARGV[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'env', ARGV[3] .. seq .. ARGV[4])
 end
-redis.call('SET', KEYS[3], seq, 'NX', 'EX', ARGV[5])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. seq .. ARGV[3])
+redis.call('SET', KEYS[3], seq, 'NX', 'EX', ARGV[6])
+redis.call(ARGV[1], ARGV[2], ARGV[3] .. seq .. ARGV[4])
 return {seq, 0}
 ";

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use wire::{Topic, TopicFamily, keys};
+use wire::scripts::PublishCommand;
+use wire::{Topic, keys};
 
+use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::{Shard, ShardSettings};
 use super::{BoxFuture, Broker, BrokerError};
 use crate::config::Config;
@@ -22,20 +24,14 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::requests::Requests;
 
-/// Order requests kept in the stream at most (trimmed approximately).
-const ORDER_STREAM_MAXLEN: usize = 100_000;
-
 pub struct RedisBroker {
     /// Pub/sub connections; a topic always goes to the same one, by hash.
     shards: Vec<Shard>,
     pool: deadpool_redis::Pool,
     prefix: String,
     timeout: Duration,
-    /// The publisher's own scripts (`wire::scripts`), so `seq`, history and
-    /// snapshots agree whoever publishes on a topic.
-    batch_script: redis::Script,
-    update_script: redis::Script,
-    history_maxlen: usize,
+    /// Publishes through the shared scripts, with `PUBLISH`.
+    scripts: ScriptPublisher,
 }
 
 impl RedisBroker {
@@ -81,9 +77,11 @@ impl RedisBroker {
             pool,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
-            batch_script: redis::Script::new(wire::scripts::BATCH_SCRIPT),
-            update_script: redis::Script::new(wire::scripts::UPDATE_SCRIPT),
-            history_maxlen: config.history_maxlen,
+            scripts: ScriptPublisher::new(
+                &config.channel_prefix,
+                PublishCommand::Publish,
+                config.history_maxlen,
+            ),
         })
     }
 
@@ -114,57 +112,16 @@ impl Broker for RedisBroker {
         id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<u64, BrokerError>> {
         Box::pin(async move {
-            let (head, tail) =
-                wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
-            let (prefix, name) = (self.prefix.as_str(), topic.as_str());
             let work = async {
                 let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                let refused = |e: redis::RedisError| BrokerError::Refused(e.to_string());
-                match topic.family() {
-                    // Order updates keep history (for `since`) and are written once.
-                    TopicFamily::Orders => {
-                        let update_id =
-                            id.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-                        let (seq, _duplicate): (u64, u64) = self
-                            .update_script
-                            .key(keys::seq_counter(prefix, name))
-                            .key(keys::history(prefix, name))
-                            .key(keys::dedupe(prefix, name, &update_id))
-                            .arg(keys::channel(prefix, name))
-                            .arg(head)
-                            .arg(tail)
-                            .arg(self.history_maxlen)
-                            .arg(wire::scripts::DEDUPE_TTL_SECS)
-                            .invoke_async(&mut conn)
-                            .await
-                            .map_err(refused)?;
-                        Ok(seq)
-                    }
-                    // Quotes also become the topic's snapshot.
-                    family => {
-                        let store_last = if family == TopicFamily::Quotes { "1" } else { "0" };
-                        self.batch_script
-                            .key(keys::seq_counter(prefix, name))
-                            .key(keys::last_value(prefix, name))
-                            .arg(keys::channel(prefix, name))
-                            .arg(head)
-                            .arg(store_last)
-                            .arg(tail)
-                            .invoke_async::<u64>(&mut conn)
-                            .await
-                            .map_err(refused)
-                    }
-                }
+                self.scripts.publish(&mut conn, topic, data_json, traceparent, id).await
             };
             timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
         })
     }
 
     fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
-        Box::pin(async move {
-            let key = keys::last_value(&self.prefix, topic.as_str());
-            self.query(redis::cmd("GET").arg(key)).await
-        })
+        Box::pin(async move { self.query(&redis_commands::last_value_cmd(&self.prefix, topic)).await })
     }
 
     fn history_after<'a>(
@@ -174,33 +131,15 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
         Box::pin(async move {
-            let key = keys::history(&self.prefix, topic.as_str());
-            let start = format!("({}", keys::history_id(since));
-            let mut cmd = redis::cmd("XRANGE");
-            cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(limit);
-            let reply: redis::streams::StreamRangeReply = self.query(&cmd).await?;
-            Ok(reply
-                .ids
-                .into_iter()
-                .filter_map(|mut entry| match entry.map.remove(keys::HISTORY_FIELD) {
-                    Some(redis::Value::BulkString(bytes)) => Some(bytes),
-                    _ => None,
-                })
-                .collect())
+            let cmd = redis_commands::history_cmd(&self.prefix, topic, since, limit);
+            Ok(redis_commands::history_envelopes(self.query(&cmd).await?))
         })
     }
 
     fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(keys::order_requests(&self.prefix))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(ORDER_STREAM_MAXLEN)
-                .arg("*")
-                .arg(wire::orders::REQUEST_FIELD)
-                .arg(request_json);
-            let _id: String = self.query(&cmd).await?;
+            let _id: String =
+                self.query(&redis_commands::order_request_cmd(&self.prefix, request_json)).await?;
             Ok(())
         })
     }

@@ -1,0 +1,136 @@
+//! The commands both Redis backplanes send outside pub/sub: publishing
+//! through the shared scripts (`wire::scripts`), snapshot and history
+//! reads, order requests. Generic over the connection, so a pooled
+//! connection to one Redis and the Redis Cluster connection run the same
+//! code; the only difference is the publish command the scripts are
+//! given (`PUBLISH` or `SPUBLISH`).
+
+use redis::aio::ConnectionLike;
+use wire::scripts::PublishCommand;
+use wire::{Topic, TopicFamily, keys};
+
+use super::BrokerError;
+
+/// Order requests kept in the stream at most (trimmed approximately).
+const ORDER_STREAM_MAXLEN: usize = 100_000;
+
+/// The publish scripts with what every call of them needs.
+pub struct ScriptPublisher {
+    prefix: String,
+    /// `PUBLISH` on a single Redis, `SPUBLISH` on a cluster.
+    command: PublishCommand,
+    /// The publisher's own scripts, so `seq`, history and snapshots agree
+    /// whoever publishes on a topic.
+    batch_script: redis::Script,
+    update_script: redis::Script,
+    history_maxlen: usize,
+}
+
+impl ScriptPublisher {
+    pub fn new(prefix: &str, command: PublishCommand, history_maxlen: usize) -> Self {
+        ScriptPublisher {
+            prefix: prefix.to_owned(),
+            command,
+            batch_script: redis::Script::new(wire::scripts::BATCH_SCRIPT),
+            update_script: redis::Script::new(wire::scripts::UPDATE_SCRIPT),
+            history_maxlen,
+        }
+    }
+
+    /// Publishes `data_json` on `topic` and returns its `seq`. Every key
+    /// and the channel share one cluster slot (`wire::keys`), so the call
+    /// goes to the one node that owns the topic.
+    pub async fn publish<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        topic: &Topic,
+        data_json: &str,
+        traceparent: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<u64, BrokerError> {
+        let (head, tail) =
+            wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
+        let (prefix, name) = (self.prefix.as_str(), topic.as_str());
+        let refused = |e: redis::RedisError| BrokerError::Refused(e.to_string());
+        match topic.family() {
+            // Order updates keep history (for `since`) and are written once.
+            TopicFamily::Orders => {
+                let update_id = id.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+                let (seq, _duplicate): (u64, u64) = self
+                    .update_script
+                    .key(keys::seq_counter(prefix, name))
+                    .key(keys::history(prefix, name))
+                    .key(keys::dedupe(prefix, name, &update_id))
+                    .arg(self.command.as_str())
+                    .arg(keys::channel(prefix, name))
+                    .arg(head)
+                    .arg(tail)
+                    .arg(self.history_maxlen)
+                    .arg(wire::scripts::DEDUPE_TTL_SECS)
+                    .invoke_async(conn)
+                    .await
+                    .map_err(refused)?;
+                Ok(seq)
+            }
+            // Quotes also become the topic's snapshot.
+            family => {
+                let store_last = if family == TopicFamily::Quotes { "1" } else { "0" };
+                self.batch_script
+                    .key(keys::seq_counter(prefix, name))
+                    .key(keys::last_value(prefix, name))
+                    .arg(self.command.as_str())
+                    .arg(keys::channel(prefix, name))
+                    .arg(head)
+                    .arg(store_last)
+                    .arg(tail)
+                    .invoke_async::<u64>(conn)
+                    .await
+                    .map_err(refused)
+            }
+        }
+    }
+}
+
+/// `GET` of a topic's snapshot key.
+pub fn last_value_cmd(prefix: &str, topic: &Topic) -> redis::Cmd {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(keys::last_value(prefix, topic.as_str()));
+    cmd
+}
+
+/// `XRANGE` of a topic's history after `since`, at most `limit` entries.
+pub fn history_cmd(prefix: &str, topic: &Topic, since: u64, limit: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(keys::history(prefix, topic.as_str()))
+        .arg(format!("({}", keys::history_id(since)))
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit);
+    cmd
+}
+
+/// The envelopes of an `XRANGE` reply, oldest first; entries without an
+/// envelope field (written by someone else) are skipped.
+pub fn history_envelopes(reply: redis::streams::StreamRangeReply) -> Vec<Vec<u8>> {
+    reply
+        .ids
+        .into_iter()
+        .filter_map(|mut entry| match entry.map.remove(keys::HISTORY_FIELD) {
+            Some(redis::Value::BulkString(bytes)) => Some(bytes),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `XADD` of an order request to the order service's stream.
+pub fn order_request_cmd(prefix: &str, request_json: String) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(keys::order_requests(prefix))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(ORDER_STREAM_MAXLEN)
+        .arg("*")
+        .arg(wire::orders::REQUEST_FIELD)
+        .arg(request_json);
+    cmd
+}

@@ -1,0 +1,226 @@
+//! A private Redis Cluster for tests: `n` redis-server masters on free
+//! loopback ports, joined by `redis-cli --cluster create`, each in its own
+//! directory, all SIGKILLed when the guard is dropped (also when the test
+//! panics).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use crate::{WAIT, eventually, free_port};
+
+/// One cluster master.
+pub struct ClusterNode {
+    pub port: u16,
+    /// Cluster bus port.
+    bus_port: u16,
+    /// Its nodes.conf lives here, so a restart rejoins with its slots.
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .arg("--cluster-config-file")
+            .arg(self.dir.join("nodes.conf"))
+            // The bus port defaults to port + 10000, which may be taken or
+            // above 65535 for an ephemeral port.
+            .args(["--cluster-port", &self.bus_port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs the process (its data is gone; its cluster config stays).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_ping(url: String) {
+    eventually("a cluster node to answer PING", || {
+        let url = url.clone();
+        async move {
+            let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+        }
+    })
+    .await;
+}
+
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes (no replicas), creates the cluster over them
+    /// and waits until every node reports `cluster_state:ok`.
+    pub async fn start(masters: usize) -> RedisCluster {
+        assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
+        let dir = std::env::temp_dir().join(format!("testkit-cluster-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Built before anything spawns, so a failure below still drops it.
+        let mut cluster = RedisCluster { nodes: Vec::new(), dir };
+        for _ in 0..masters {
+            let port = free_port();
+            let dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut node = ClusterNode { port, bus_port: free_port(), dir, child: None };
+            node.spawn();
+            cluster.nodes.push(node);
+        }
+        for node in &cluster.nodes {
+            wait_ping(node.url()).await;
+        }
+        let addrs: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output();
+        let created = tokio::time::timeout(WAIT * 3, created)
+            .await
+            .expect("redis-cli --cluster create timed out")
+            .expect("redis-cli must be on PATH");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok` (all slots known
+    /// and served, from each node's point of view).
+    pub async fn wait_ok(&self) {
+        for node in &self.nodes {
+            let url = node.url();
+            eventually("cluster_state:ok", || {
+                let url = url.clone();
+                async move {
+                    let mut c =
+                        redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+                    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.ok()?;
+                    info.contains("cluster_state:ok").then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// SIGKILLs master `index`: its slots are unserved until it restarts.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Restarts a killed master on its port with its cluster config (and
+    /// no data), and waits until the cluster is whole again.
+    pub async fn restart(&mut self, index: usize) {
+        self.nodes[index].spawn();
+        wait_ping(self.nodes[index].url()).await;
+        self.wait_ok().await;
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(ClusterNode::url).collect()
+    }
+
+    /// Every node's URL, comma-separated (`redis_url` with `redis_cluster`).
+    pub fn url_list(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// A plain connection to one node (commands on keys of other nodes'
+    /// slots get MOVED).
+    pub async fn node_connection(&self, index: usize) -> MultiplexedConnection {
+        redis::Client::open(self.nodes[index].url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// A cluster connection (RESP2, routed by key).
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls()).unwrap().get_async_connection().await.unwrap()
+    }
+
+    /// The index in `nodes` of the master serving `key`'s slot (or a
+    /// sharded channel's), from `CLUSTER SLOTS`.
+    pub async fn owner_of(&self, key: &str) -> usize {
+        let slot = i64::from(wire::keys::cluster_slot(key));
+        let mut c = self.node_connection(0).await;
+        let ranges: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
+        let Value::Array(ranges) = ranges else { panic!("CLUSTER SLOTS answered {ranges:?}") };
+        for range in ranges {
+            let Value::Array(fields) = range else { continue };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                continue;
+            };
+            if (*start..=*end).contains(&slot)
+                && let Some(Value::Int(port)) = master.get(1)
+                && let Some(index) = self.nodes.iter().position(|n| i64::from(n.port) == *port)
+            {
+                return index;
+            }
+        }
+        panic!("no master serves slot {slot} of {key}");
+    }
+
+    /// `PUBSUB SHARDNUMSUB channel` on the master that owns the channel:
+    /// how many clients there hold a sharded subscription to it.
+    pub async fn shard_numsub(&self, channel: &str) -> i64 {
+        let mut c = self.node_connection(self.owner_of(channel).await).await;
+        let (_, n): (String, i64) =
+            redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).query_async(&mut c).await.unwrap();
+        n
+    }
+
+    /// Polls [`RedisCluster::shard_numsub`] until it equals `want` or WAIT
+    /// passes; returns the last value.
+    pub async fn wait_shard_numsub(&self, channel: &str, want: i64) -> i64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let n = self.shard_numsub(channel).await;
+            if n == want || tokio::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
