@@ -80,3 +80,12 @@ pub trait Broker: Send + Sync + 'static {
     /// `memory`, `redis` or `redis-cluster`, for logs and `/readyz`.
     fn kind(&self) -> &'static str;
 }
+
+/// Sleeps until `at`, or forever when there is nothing to wait for (a
+/// `select!` branch for the next grace-delayed release).
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

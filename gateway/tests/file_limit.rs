@@ -18,9 +18,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Starts the gateway binary with at most `files` open files.
 async fn gateway_with_file_limit(files: u32, extra_env: &[(&str, &str)]) -> (Process, std::net::SocketAddr) {

@@ -316,8 +316,20 @@ impl Drop for RedisServer {
 }
 
 /// A free TCP port on loopback (free when asked; tests race only each other).
+///
+/// Drawn below Linux's ephemeral range (32768–60999), so a server a test
+/// kills and restarts on the same port cannot lose it meanwhile to a
+/// client socket or a `bind(0)` elsewhere in the test run.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 on 127.0.0.1");
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`WAIT`].

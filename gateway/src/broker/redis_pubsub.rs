@@ -256,7 +256,7 @@ impl Manager {
                         return Ended::Lost(why);
                     }
                 }
-                _ = sleep_until_opt(next_release) => {
+                _ = super::sleep_until_opt(next_release) => {
                     if let Err(why) = self.expire(&mut sink).await {
                         return Ended::Lost(why);
                     }
@@ -387,13 +387,6 @@ impl Manager {
                 },
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
