@@ -18,7 +18,6 @@ impl Drop for Process {
     }
 }
 
-
 /// Starts the gateway binary with at most `files` open files.
 async fn gateway_with_file_limit(files: u32, extra_env: &[(&str, &str)]) -> (Process, std::net::SocketAddr) {
     let port = free_port();
