@@ -4,13 +4,13 @@
 //!
 //! `gateway.example.toml` at the repository root documents every key.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wire::service::Layers;
 
 /// Environment variables are `GATEWAY_` + the key in upper case.
 pub const ENV_PREFIX: &str = "GATEWAY";
@@ -170,14 +170,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A configuration that cannot be used, naming the key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("config key `{key}` (env {env}): {reason}")]
-    Invalid { key: &'static str, env: String, reason: String },
-}
+pub use wire::service::ConfigError;
 
 impl Config {
     /// Loads defaults < `file` < the process environment, then validates.
@@ -190,34 +183,16 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_FILE_ENV).collect();
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
-        }
-        let cfg: Config = builder
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("_")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("allowed_origins")
-                    .source(Some(vars.into_iter().collect())),
-            )
-            .build()?
-            .try_deserialize()?;
+        let layers =
+            Layers { env_prefix: ENV_PREFIX, file_env: CONFIG_FILE_ENV, list_keys: &["allowed_origins"] };
+        let cfg: Config = layers.load(file, env)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks every value that deserialised but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, reason: String| ConfigError::Invalid {
-            key,
-            env: format!("{ENV_PREFIX}_{}", key.to_uppercase()),
-            reason,
-        };
+        let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
         if self.redis_cluster {
             // Cluster nodes are reached over TCP; there is no unix:// seed.

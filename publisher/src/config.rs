@@ -4,12 +4,13 @@
 //!
 //! `publisher.example.toml` at the repository root documents every key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use wire::service::Layers;
 
 /// Environment variables are `PUBLISHER_` + the key in upper case.
 pub const ENV_PREFIX: &str = "PUBLISHER";
@@ -112,14 +113,7 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot be used, naming the key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("config key `{key}` (env {env}): {reason}")]
-    Invalid { key: &'static str, env: String, reason: String },
-}
+pub use wire::service::ConfigError;
 
 impl Config {
     /// Loads defaults < `file` < the process environment, then validates.
@@ -132,32 +126,15 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_FILE_ENV).collect();
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
-        }
-        let cfg: Config = builder
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("_")
-                    .try_parsing(true)
-                    .source(Some(vars.into_iter().collect())),
-            )
-            .build()?
-            .try_deserialize()?;
+        let layers = Layers { env_prefix: ENV_PREFIX, file_env: CONFIG_FILE_ENV, list_keys: &[] };
+        let cfg: Config = layers.load(file, env)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks every value that deserialised but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, reason: String| ConfigError::Invalid {
-            key,
-            env: format!("{ENV_PREFIX}_{}", key.to_uppercase()),
-            reason,
-        };
+        let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
         if self.redis_cluster {
             // Cluster nodes are reached over TCP; there is no unix:// seed.
@@ -276,6 +253,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

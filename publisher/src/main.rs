@@ -84,7 +84,7 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    publisher::run(config, listener, shutdown_signal()).await?;
+    publisher::run(config, listener, wire::service::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -106,27 +106,4 @@ async fn bench(b: BenchArgs) -> anyhow::Result<()> {
     let report = publisher::bench::run(&opts).await.context("benchmark")?;
     println!("median: {:.0} msgs/s", report.median);
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -14,6 +14,7 @@ pub mod orders;
 pub mod publish;
 pub mod scripts;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 pub mod topic;
 
