@@ -1,10 +1,14 @@
 //! Several gateway nodes as real processes (`gateway` binary) on one
-//! private redis-server, with the `publisher` binary as the backend and,
-//! for node loss and rolling restarts, a real haproxy in front: fan-out
-//! across nodes, order replies back to the asking node, Redis
-//! subscriptions that follow each node's local subscribers, clients that
-//! survive a SIGKILLed node and a rolling restart without losing an order
-//! update.
+//! private backplane, with the `publisher` binary as the backend and, for
+//! node loss and rolling restarts, a real haproxy in front: fan-out across
+//! nodes, order replies back to the asking node, Redis subscriptions that
+//! follow each node's local subscribers, clients that survive a SIGKILLed
+//! node and a rolling restart without losing an order update.
+//!
+//! Every scenario runs twice: on a single redis-server (`…_single`) and on
+//! a 3-master Redis Cluster (`…_cluster`, gateways and publisher in cluster
+//! mode, raw publishes as `SPUBLISH`, subscription counts from `PUBSUB
+//! SHARDNUMSUB` on the master owning the channel's slot).
 //!
 //! Every process is killed by its guard when the test ends or fails, and
 //! each test is bounded in time.
@@ -31,35 +35,143 @@ async fn bounded(body: impl Future<Output = ()>) {
     }
 }
 
-/// A private redis-server and `n` gateway nodes on it (node ids n1…nN).
+/// Which backplane a scenario runs on.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Single,
+    Cluster,
+}
+
+/// The Redis the nodes share: one private redis-server, or a private
+/// 3-master Redis Cluster.
+enum Backplane {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backplane {
+    async fn start(kind: Kind) -> Backplane {
+        match kind {
+            Kind::Single => Backplane::Single(RedisServer::start(false).await),
+            Kind::Cluster => Backplane::Cluster(RedisCluster::start(3).await),
+        }
+    }
+
+    /// `redis_url` for gateways and the publisher: the server's URL, or the
+    /// cluster's comma-separated seed list.
+    fn url(&self) -> String {
+        match self {
+            Backplane::Single(r) => r.url(),
+            Backplane::Cluster(c) => c.url_list(),
+        }
+    }
+
+    /// Settings a gateway node needs on this backplane.
+    fn gateway_env(&self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Backplane::Single(_) => vec![],
+            Backplane::Cluster(_) => vec![("GATEWAY_REDIS_CLUSTER", "true")],
+        }
+    }
+
+    /// Settings the publisher needs on this backplane.
+    fn publisher_env(&self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Backplane::Single(_) => vec![],
+            Backplane::Cluster(_) => vec![("PUBLISHER_REDIS_CLUSTER", "true")],
+        }
+    }
+
+    /// A connection that publishes as any backend would.
+    async fn raw(&self) -> RawConnection {
+        match self {
+            Backplane::Single(r) => RawConnection::Single(r.connection().await.unwrap()),
+            Backplane::Cluster(c) => RawConnection::Cluster(c.connection().await),
+        }
+    }
+
+    /// Publishes `payload` on `channel` straight into Redis; returns how
+    /// many subscriptions received it.
+    async fn raw_publish(&self, channel: &str, payload: &str) -> i64 {
+        self.raw().await.publish(channel, payload).await
+    }
+
+    /// How many subscriptions `channel` has: `PUBSUB NUMSUB`, or `PUBSUB
+    /// SHARDNUMSUB` on the master owning the channel's slot.
+    async fn numsub(&self, channel: &str) -> i64 {
+        match self {
+            Backplane::Single(r) => numsub(&mut r.connection().await.unwrap(), channel).await,
+            Backplane::Cluster(c) => c.shard_numsub(channel).await,
+        }
+    }
+
+    /// Polls [`Backplane::numsub`] until it equals `want` or WAIT passes;
+    /// returns the last value.
+    async fn wait_numsub(&self, channel: &str, want: i64) -> i64 {
+        match self {
+            Backplane::Single(r) => wait_numsub(&mut r.connection().await.unwrap(), channel, want).await,
+            Backplane::Cluster(c) => c.wait_shard_numsub(channel, want).await,
+        }
+    }
+
+    /// `GET key` as a number (routed to the owning master on a cluster).
+    async fn get_u64(&self, key: &str) -> Option<u64> {
+        let cmd = redis::cmd("GET").arg(key).clone();
+        match self {
+            Backplane::Single(r) => cmd.query_async(&mut r.connection().await.unwrap()).await.unwrap(),
+            Backplane::Cluster(c) => cmd.query_async(&mut c.connection().await).await.unwrap(),
+        }
+    }
+}
+
+/// A publishing connection: `PUBLISH` on a single server, `SPUBLISH`
+/// routed by slot on a cluster.
+#[derive(Clone)]
+enum RawConnection {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RawConnection {
+    async fn publish(&mut self, channel: &str, payload: &str) -> i64 {
+        match self {
+            RawConnection::Single(c) => {
+                redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(c).await.unwrap()
+            }
+            RawConnection::Cluster(c) => {
+                redis::cmd("SPUBLISH").arg(channel).arg(payload).query_async(c).await.unwrap()
+            }
+        }
+    }
+}
+
+/// A private backplane and `n` gateway nodes on it (node ids n1…nN).
 struct Cluster {
     nodes: Vec<GatewayNode>,
-    redis: RedisServer,
+    backplane: Backplane,
     prefix: String,
     /// Last, so logs outlive the processes that write them.
     scratch: Scratch,
 }
 
 impl Cluster {
-    async fn start(name: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
+    async fn start(kind: Kind, name: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
         let scratch = Scratch::new(name);
-        let redis = RedisServer::start(false).await;
+        let backplane = Backplane::start(kind).await;
         let prefix = unique_prefix();
+        let mut all: Vec<(&str, &str)> = backplane.gateway_env();
+        all.extend_from_slice(env);
         let mut nodes = Vec::new();
         for i in 1..=n {
             let id = format!("n{i}");
             let bin = std::path::Path::new(env!("CARGO_BIN_EXE_gateway"));
-            nodes.push(GatewayNode::start(bin, &id, &redis.url(), &prefix, env, &scratch.dir).await);
+            nodes.push(GatewayNode::start(bin, &id, &backplane.url(), &prefix, &all, &scratch.dir).await);
         }
-        Cluster { nodes, redis, prefix, scratch }
+        Cluster { nodes, backplane, prefix, scratch }
     }
 
     fn channel(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
-    }
-
-    async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        self.redis.connection().await.unwrap()
     }
 
     /// Haproxy in front of every node.
@@ -71,25 +183,46 @@ impl Cluster {
 
     /// The publisher process with a quote feed and simulated orders.
     async fn publisher(&self, env: &[(&str, &str)]) -> PublisherProcess {
-        PublisherProcess::start(&self.redis.url(), &self.prefix, env, &self.scratch.dir).await
+        let mut all: Vec<(&str, &str)> = self.backplane.publisher_env();
+        all.extend_from_slice(env);
+        PublisherProcess::start(&self.backplane.url(), &self.prefix, &all, &self.scratch.dir).await
     }
 
     /// The current `seq` counter of `topic` in Redis.
     async fn seq(&self, topic: &str) -> u64 {
         let key = wire::keys::seq_counter(&self.prefix, topic);
-        let mut conn = self.redis().await;
-        redis::cmd("GET").arg(key).query_async::<Option<u64>>(&mut conn).await.unwrap().unwrap_or(0)
+        self.backplane.get_u64(&key).await.unwrap_or(0)
     }
+}
+
+/// Two tests for one scenario: on a single redis-server and on a cluster.
+macro_rules! on_both_backplanes {
+    ($scenario:ident, $single:ident, $cluster:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $single() {
+            $scenario(Kind::Single).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cluster() {
+            $scenario(Kind::Cluster).await;
+        }
+    };
 }
 
 fn data(frame: &wire::server::Frame) -> serde_json::Value {
     serde_json::from_str(frame.data.as_ref().unwrap().get()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_published_once_reaches_every_node_exactly_once() {
+on_both_backplanes!(
+    a_message_published_once_reaches_every_node_exactly_once,
+    a_message_published_once_reaches_every_node_exactly_once_single,
+    a_message_published_once_reaches_every_node_exactly_once_cluster
+);
+
+async fn a_message_published_once_reaches_every_node_exactly_once(kind: Kind) {
     bounded(async {
-        let cluster = Cluster::start("fanout", 3, &[]).await;
+        let cluster = Cluster::start(kind, "fanout", 3, &[]).await;
         let topic = "quotes.FAN";
         let mut clients = Vec::new();
         for node in &cluster.nodes {
@@ -99,9 +232,12 @@ async fn a_message_published_once_reaches_every_node_exactly_once() {
                 clients.push(c);
             }
         }
-        let mut redis = cluster.redis().await;
         let channel = cluster.channel(topic);
-        assert_eq!(numsub(&mut redis, &channel).await, 3, "one Redis subscription per node, not per client");
+        assert_eq!(
+            cluster.backplane.numsub(&channel).await,
+            3,
+            "one Redis subscription per node, not per client"
+        );
 
         // Published once, through one node's HTTP API.
         let (status, body) = cluster.nodes[0].publish(topic, r#"{"bid":1.5}"#).await;
@@ -114,12 +250,7 @@ async fn a_message_published_once_reaches_every_node_exactly_once() {
         }
         // The next one, straight into Redis as any backend would publish: it
         // is every client's very next frame, so the first came only once.
-        let n: i64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(envelope(topic, seq + 1, r#"{"bid":1.6}"#))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let n = cluster.backplane.raw_publish(&channel, &envelope(topic, seq + 1, r#"{"bid":1.6}"#)).await;
         assert_eq!(n, 3, "Redis delivers it to the three nodes");
         for c in &mut clients {
             let m = c.frame().await;
@@ -129,11 +260,16 @@ async fn a_message_published_once_reaches_every_node_exactly_once() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_gets_its_reply_on_the_node_it_was_placed_through() {
+on_both_backplanes!(
+    an_order_gets_its_reply_on_the_node_it_was_placed_through,
+    an_order_gets_its_reply_on_the_node_it_was_placed_through_single,
+    an_order_gets_its_reply_on_the_node_it_was_placed_through_cluster
+);
+
+async fn an_order_gets_its_reply_on_the_node_it_was_placed_through(kind: Kind) {
     publisher_bin(); // built first if stale, outside the time bound
     bounded(async {
-        let cluster = Cluster::start("orders", 3, &[]).await;
+        let cluster = Cluster::start(kind, "orders", 3, &[]).await;
         let _publisher = cluster.publisher(&[]).await;
         let topic = "orders.acct-b";
         let mut clients = Vec::new();
@@ -172,10 +308,15 @@ async fn an_order_gets_its_reply_on_the_node_it_was_placed_through() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_releases_its_redis_subscription_when_its_last_subscriber_leaves() {
+on_both_backplanes!(
+    a_node_releases_its_redis_subscription_when_its_last_subscriber_leaves,
+    a_node_releases_its_redis_subscription_when_its_last_subscriber_leaves_single,
+    a_node_releases_its_redis_subscription_when_its_last_subscriber_leaves_cluster
+);
+
+async fn a_node_releases_its_redis_subscription_when_its_last_subscriber_leaves(kind: Kind) {
     bounded(async {
-        let cluster = Cluster::start("release", 3, &[("GATEWAY_UNSUBSCRIBE_GRACE_MS", "100")]).await;
+        let cluster = Cluster::start(kind, "release", 3, &[("GATEWAY_UNSUBSCRIBE_GRACE_MS", "100")]).await;
         let topic = "quotes.REL";
         let channel = cluster.channel(topic);
         let mut clients = Vec::new();
@@ -188,34 +329,29 @@ async fn a_node_releases_its_redis_subscription_when_its_last_subscriber_leaves(
             }
             clients.push(pair);
         }
-        let mut redis = cluster.redis().await;
-        assert_eq!(numsub(&mut redis, &channel).await, 3);
+        let backplane = &cluster.backplane;
+        assert_eq!(backplane.numsub(&channel).await, 3);
 
         // On n2: one subscriber unsubscribes, the other disconnects.
         let mut n2 = clients.remove(1);
         n2[0].unsubscribe(topic).await;
         n2[0].send(r#"{"action":"ping"}"#).await;
         assert_eq!(n2[0].frame().await.kind, "pong");
-        assert_eq!(numsub(&mut redis, &channel).await, 3, "n2 still has a local subscriber");
+        assert_eq!(backplane.numsub(&channel).await, 3, "n2 still has a local subscriber");
         drop(n2.pop());
-        assert_eq!(wait_numsub(&mut redis, &channel, 2).await, 2, "n2 released its subscription");
+        assert_eq!(backplane.wait_numsub(&channel, 2).await, 2, "n2 released its subscription");
         eventually("n2 to count no topic", || async {
             (cluster.nodes[1].metric("gateway_topics").await == 0.0).then_some(())
         })
         .await;
 
         // n1 and n3 keep theirs and still deliver.
-        let n: i64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(envelope(topic, 7, "{}"))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let n = backplane.raw_publish(&channel, &envelope(topic, 7, "{}")).await;
         assert_eq!(n, 2);
         for c in clients.iter_mut().flatten() {
             assert_eq!(c.frame().await.seq, Some(7));
         }
-        assert_eq!(numsub(&mut redis, &channel).await, 2);
+        assert_eq!(backplane.numsub(&channel).await, 2);
         n2[0].send(r#"{"action":"ping"}"#).await;
         assert_eq!(n2[0].frame().await.kind, "pong", "the unsubscribed client got nothing more");
     })
@@ -253,11 +389,16 @@ async fn assert_every_order_update_once(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_of_a_killed_node_reconnect_elsewhere_and_miss_no_order_update() {
+on_both_backplanes!(
+    clients_of_a_killed_node_reconnect_elsewhere_and_miss_no_order_update,
+    clients_of_a_killed_node_reconnect_elsewhere_and_miss_no_order_update_single,
+    clients_of_a_killed_node_reconnect_elsewhere_and_miss_no_order_update_cluster
+);
+
+async fn clients_of_a_killed_node_reconnect_elsewhere_and_miss_no_order_update(kind: Kind) {
     publisher_bin(); // built first if stale, outside the time bound
     bounded(async {
-        let mut cluster = Cluster::start("node-loss", 3, &[]).await;
+        let mut cluster = Cluster::start(kind, "node-loss", 3, &[]).await;
         let _publisher = cluster
             .publisher(&[
                 ("PUBLISHER_QUOTE_RATE", "40"),
@@ -317,13 +458,18 @@ async fn clients_of_a_killed_node_reconnect_elsewhere_and_miss_no_order_update()
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_spreads_reconnects_and_loses_no_order_update() {
+on_both_backplanes!(
+    a_rolling_restart_spreads_reconnects_and_loses_no_order_update,
+    a_rolling_restart_spreads_reconnects_and_loses_no_order_update_single,
+    a_rolling_restart_spreads_reconnects_and_loses_no_order_update_cluster
+);
+
+async fn a_rolling_restart_spreads_reconnects_and_loses_no_order_update(kind: Kind) {
     const DRAIN: Duration = Duration::from_millis(2_000);
     publisher_bin(); // built first if stale, outside the time bound
     bounded(async {
         let drain_ms = DRAIN.as_millis().to_string();
-        let mut cluster = Cluster::start("rolling", 3, &[("GATEWAY_DRAIN_MS", &drain_ms)]).await;
+        let mut cluster = Cluster::start(kind, "rolling", 3, &[("GATEWAY_DRAIN_MS", &drain_ms)]).await;
         let _publisher = cluster
             .publisher(&[
                 ("PUBLISHER_SYMBOLS", "AAPL"),
@@ -399,15 +545,20 @@ async fn a_rolling_restart_spreads_reconnects_and_loses_no_order_update() {
     .await;
 }
 
+on_both_backplanes!(
+    a_draining_node_keeps_delivering_until_it_closes_each_client,
+    a_draining_node_keeps_delivering_until_it_closes_each_client_single,
+    a_draining_node_keeps_delivering_until_it_closes_each_client_cluster
+);
+
 /// A node draining after SIGTERM keeps serving the clients it has not
 /// closed yet: messages published during the drain window still reach
 /// them until their own 1012.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_node_keeps_delivering_until_it_closes_each_client() {
+async fn a_draining_node_keeps_delivering_until_it_closes_each_client(kind: Kind) {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     bounded(async {
-        let mut cluster = Cluster::start("drain-delivery", 1, &[("GATEWAY_DRAIN_MS", "4000")]).await;
+        let mut cluster = Cluster::start(kind, "drain-delivery", 1, &[("GATEWAY_DRAIN_MS", "4000")]).await;
         let topic = "quotes.DRAIN";
         let mut clients = Vec::new();
         for _ in 0..6 {
@@ -418,16 +569,11 @@ async fn a_draining_node_keeps_delivering_until_it_closes_each_client() {
         let term = Instant::now();
         cluster.nodes[0].terminate();
         // One message every 25 ms through the whole drain.
-        let mut redis = cluster.redis().await;
+        let mut redis = cluster.backplane.raw().await;
         let channel = cluster.channel(topic);
         let feed = tokio::spawn(async move {
             for seq in 1.. {
-                let _: i64 = redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(envelope(topic, seq, "{}"))
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap();
+                redis.publish(&channel, &envelope(topic, seq, "{}")).await;
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         });
