@@ -126,7 +126,7 @@ impl Default for Config {
             ping_timeout_ms: 10_000,
             drain_ms: 10_000,
             unsubscribe_grace_ms: 2_000,
-            ws_read_buffer_bytes: 1024,
+            ws_read_buffer_bytes: 256,
             ws_write_buffer_bytes: 16 * 1024,
             pubsub_connections: 1,
             redis_backoff_max_ms: 5_000,

@@ -78,7 +78,7 @@ pub async fn serve(
         outbox,
         socket,
         batch: VecDeque::new(),
-        orders: FuturesUnordered::new(),
+        orders: None,
         next_ping: now + node.config.ping_interval(),
         pong_deadline: None,
         close_at: None,
@@ -107,7 +107,9 @@ struct Connection {
     /// Reused buffer the outbox is swapped into.
     batch: VecDeque<Arc<Delivery>>,
     /// Orders waiting for their reply; each yields the frame to send.
-    orders: FuturesUnordered<BoxFuture<'static, String>>,
+    /// Created at the first order, so connections that never place one
+    /// do not carry it.
+    orders: Option<FuturesUnordered<BoxFuture<'static, String>>>,
     next_ping: Instant,
     /// Set when a ping is out; cleared by any frame from the client.
     pong_deadline: Option<Instant>,
@@ -135,7 +137,7 @@ impl Connection {
             Err(()) => End::Gone,
         };
         if let End::Close(code) = end {
-            self.close(code).await;
+            Box::pin(self.close(code)).await;
         }
         tracing::debug!("disconnected");
     }
@@ -168,7 +170,7 @@ impl Connection {
                         return end;
                     }
                 }
-                Some(frame) = self.orders.next(), if !self.orders.is_empty() => {
+                Some(frame) = next_reply(&mut self.orders), if self.orders.as_ref().is_some_and(|o| !o.is_empty()) => {
                     if self.send_now(frame).await.is_err() {
                         return End::Gone;
                     }
@@ -242,10 +244,14 @@ impl Connection {
                 // reply, nor frames a snapshot or replay already covered.
                 Admit::Skip => continue,
                 Admit::Send => {}
-                Admit::Gap { after } => match self.fill_gap(&delivery.topic, after, delivery.seq).await {
-                    Ok(n) => sent += n,
-                    Err(()) => failed = true,
-                },
+                // Rare paths are boxed, so every idle connection's task does
+                // not carry their state (memory per connection).
+                Admit::Gap { after } => {
+                    match Box::pin(self.fill_gap(&delivery.topic, after, delivery.seq)).await {
+                        Ok(n) => sent += n,
+                        Err(()) => failed = true,
+                    }
+                }
             }
             if self.socket.feed(Message::Text(delivery.text.clone())).await.is_err() {
                 failed = true;
@@ -322,7 +328,7 @@ impl Connection {
                     .await
                 }
             }
-            Ok(Command::Order { id, order }) => self.order(id, order).await,
+            Ok(Command::Order { id, order }) => Box::pin(self.order(id, order)).await,
         }
     }
 
@@ -330,7 +336,7 @@ impl Connection {
     /// the reply (or `timeout`) arrives through `self.orders`.
     async fn order(&mut self, id: Box<RawValue>, order: Box<RawValue>) -> Option<End> {
         let node = &self.node;
-        if self.orders.len() >= node.config.max_pending_orders {
+        if self.orders.as_ref().map_or(0, FuturesUnordered::len) >= node.config.max_pending_orders {
             node.metrics.client_error(ErrorCode::RateLimited);
             let message =
                 format!("at most {} orders in flight per connection", node.config.max_pending_orders);
@@ -356,7 +362,7 @@ impl Connection {
         let broker = Arc::clone(&node.broker);
         let metrics = Arc::clone(&node.metrics);
         let wait = node.config.order_timeout();
-        self.orders.push(Box::pin(async move {
+        self.orders.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
             let error = |code: ErrorCode, message: &str| {
                 metrics.client_error(code);
                 wire::server::error(code, message, None, Some(&id))
@@ -417,7 +423,7 @@ impl Connection {
         if let Some(end) = self.reply(wire::server::subscribed(topic.as_str())).await {
             return Some(end);
         }
-        self.recover(topic, since).await
+        Box::pin(self.recover(topic, since)).await
     }
 
     /// Queues a reply in the socket's write buffer (flushed by the loop).
@@ -468,6 +474,14 @@ impl Connection {
             }
         })
         .await;
+    }
+}
+
+/// The next order reply, once there are orders in flight.
+async fn next_reply(orders: &mut Option<FuturesUnordered<BoxFuture<'static, String>>>) -> Option<String> {
+    match orders {
+        Some(orders) => orders.next().await,
+        None => None,
     }
 }
 
