@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -120,6 +121,13 @@ pub async fn run(
         }
     };
     let app = router(Arc::clone(&node)).into_make_service_with_connect_info::<SocketAddr>();
+    // Market data is many small frames: without TCP_NODELAY, Nagle's
+    // algorithm meets the client's delayed ACK and holds frames ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(signal).await?;
     node.tracker.close();
     if tokio::time::timeout(node.config.drain(), node.tracker.wait()).await.is_err() {
