@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wire::service::Layers;
+use service::Layers;
 
 /// Environment variables are `GATEWAY_` + the key in upper case.
 pub const ENV_PREFIX: &str = "GATEWAY";
@@ -170,7 +170,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-pub use wire::service::ConfigError;
+pub use service::ConfigError;
 
 impl Config {
     /// Loads defaults < `file` < the process environment, then validates.

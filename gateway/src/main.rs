@@ -19,7 +19,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    wire::telemetry::init("gateway");
+    service::telemetry::init("gateway");
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -43,6 +43,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::debug!(files, "open-file limit");
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    gateway::run(config, listener, wire::service::shutdown_signal()).await?;
+    gateway::run(config, listener, service::shutdown_signal()).await?;
     Ok(())
 }

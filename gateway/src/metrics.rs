@@ -134,7 +134,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        wire::telemetry::finish_openmetrics(&mut out);
+        service::telemetry::finish_openmetrics(&mut out);
         out
     }
 }

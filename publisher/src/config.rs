@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use wire::service::Layers;
+use service::Layers;
 
 /// Environment variables are `PUBLISHER_` + the key in upper case.
 pub const ENV_PREFIX: &str = "PUBLISHER";
@@ -113,7 +113,7 @@ impl Default for Config {
     }
 }
 
-pub use wire::service::ConfigError;
+pub use service::ConfigError;
 
 impl Config {
     /// Loads defaults < `file` < the process environment, then validates.

@@ -53,7 +53,7 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    wire::telemetry::init("publisher");
+    service::telemetry::init("publisher");
     if let Some(Command::Bench(b)) = args.command {
         return match bench(b) {
             Ok(()) => ExitCode::SUCCESS,
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    publisher::run(config, listener, wire::service::shutdown_signal()).await?;
+    publisher::run(config, listener, service::shutdown_signal()).await?;
     Ok(())
 }
 

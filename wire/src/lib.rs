@@ -14,8 +14,6 @@ pub mod orders;
 pub mod publish;
 pub mod scripts;
 pub mod server;
-pub mod service;
-pub mod telemetry;
 pub mod topic;
 
 pub use codes::{CloseCode, ErrorCode};

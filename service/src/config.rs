@@ -1,6 +1,5 @@
-//! Plumbing shared by the service binaries (gateway, publisher): typed
-//! configuration loaded as defaults < file < prefixed environment, with
-//! errors that name the key at fault, and the shutdown signal.
+//! Typed configuration loaded as defaults < file < prefixed environment,
+//! with errors that name the key at fault.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -63,29 +62,5 @@ impl Layers<'_> {
             }
         }
         Ok(builder.add_source(environment).build()?.try_deserialize()?)
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
