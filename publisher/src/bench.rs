@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use wire::keys;
 
+use crate::backplane::WriteError;
 use crate::feed::Feed;
 use crate::market::Market;
-use crate::redis_writer::{self, RedisWriter, WriteError};
+use crate::redis_writer::{self, RedisWriter};
 
 #[derive(Debug, Clone)]
 pub struct Options {

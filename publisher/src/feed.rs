@@ -5,7 +5,7 @@
 //! Every few milliseconds the feed owes `rate × elapsed` quotes; it builds
 //! them (random symbols, each quote one step of that symbol's walk),
 //! groups them by topic and sends the whole batch in one round trip.
-//! Quotes are "latest value wins": when Redis is away or a round trip ran
+//! Quotes are "latest value wins": when the backplane is away or a round trip ran
 //! late, the quotes owed meanwhile are skipped and counted, never queued.
 
 use std::sync::Arc;
@@ -16,11 +16,10 @@ use rand::{Rng, SeedableRng};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::backplane::{Backplane, TopicBatch};
 use crate::market::{Market, Quote};
 use crate::metrics::Metrics;
 use crate::outage::{Backoff, Outage};
-use crate::redis_link::Conn;
-use crate::redis_writer::{RedisWriter, TopicBatch};
 
 /// How often the feed wakes up to send what it owes.
 const TICK: Duration = Duration::from_millis(5);
@@ -129,7 +128,7 @@ impl Schedule {
 pub async fn run(
     mut feed: Feed,
     schedule: Schedule,
-    writer: Arc<RedisWriter>,
+    backplane: Arc<dyn Backplane>,
     metrics: Arc<Metrics>,
     outage: Arc<Outage>,
     backoff_max: Duration,
@@ -143,8 +142,6 @@ pub async fn run(
     let mut owed = 0.0f64;
     let mut backoff = Backoff::new(backoff_max);
     let mut resume_at: Option<Instant> = None;
-    // Held across batches: taking a pooled connection costs a PING.
-    let mut conn: Option<Conn> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -169,18 +166,7 @@ pub async fn run(
             continue;
         }
         let batch = feed.next_batch(n as usize, wire::now_ms());
-        let sent = match conn.as_mut() {
-            Some(c) => writer.publish_batches_on(c, &batch).await,
-            None => match writer.conn().await {
-                Ok(mut c) => {
-                    let r = writer.publish_batches_on(&mut c, &batch).await;
-                    conn = Some(c);
-                    r
-                }
-                Err(e) => Err(e),
-            },
-        };
-        match sent {
+        match backplane.publish(&batch).await {
             Ok(_) => {
                 metrics.quotes_published.inc_by(n);
                 outage.succeeded();
@@ -190,7 +176,6 @@ pub async fn run(
             Err(e) => {
                 outage.failed("quote feed", &e);
                 metrics.quotes_skipped.inc_by(n);
-                conn = None;
                 resume_at = Some(Instant::now() + backoff.next_delay());
             }
         }

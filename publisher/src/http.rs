@@ -19,8 +19,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use wire::{ErrorCode, TopicFamily};
 
+use crate::backplane::{self, OrderUpdate, WriteError};
 use crate::outage::Backoff;
-use crate::redis_writer::{OrderUpdate, WriteError};
 use crate::state::Shared;
 
 pub async fn healthz() -> &'static str {
@@ -73,7 +73,14 @@ pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         }
         family => {
             let quotes = family == TopicFamily::Quotes;
-            let r = shared.writer.publish_one(topic.as_str(), req.data.get(), traceparent, quotes).await;
+            let r = backplane::publish_one(
+                &*shared.backplane,
+                topic.as_str(),
+                req.data.get(),
+                traceparent,
+                quotes,
+            )
+            .await;
             match &r {
                 Ok(_) => {
                     shared.outage.succeeded();
@@ -101,7 +108,7 @@ async fn write_update(shared: &Shared, update: OrderUpdate) -> Result<u64, Write
     let deadline = Instant::now() + shared.config.redis_timeout();
     let mut backoff = Backoff::new(shared.config.redis_backoff_max());
     loop {
-        match shared.writer.write_updates(std::slice::from_ref(&update)).await {
+        match shared.backplane.write_updates(std::slice::from_ref(&update)).await {
             Ok(written) => {
                 shared.outage.succeeded();
                 let w = written.first().copied().ok_or_else(|| WriteError::Reply("no reply".into()))?;

@@ -8,13 +8,17 @@
 //! ([`http`]). [`server`] glues them together; [`bench`] measures the
 //! feed's publish rate.
 
+pub mod backplane;
 pub mod bench;
 pub mod config;
+pub mod engine;
 pub mod feed;
 pub mod http;
 pub mod market;
 pub mod metrics;
+pub mod order_desk;
 pub mod order_service;
+pub mod order_stream;
 pub mod order_updates;
 pub mod orders;
 pub mod outage;
@@ -25,4 +29,5 @@ pub mod simulator;
 pub mod state;
 
 pub use config::Config;
+pub use engine::Engine;
 pub use server::{Running, run, start};

@@ -1,13 +1,13 @@
-//! The path every order update takes to Redis: a bounded in-memory queue
-//! and one writer task that empties it in order.
+//! The path every order update takes to the backplane: a bounded
+//! in-memory queue and one writer task that empties it in order.
 //!
 //! Order updates must not be lost or duplicated, and must keep their
 //! order. Producers (order lifecycles) push into the queue; the writer
-//! takes up to [`BATCH`] at a time and writes them with one pipeline of
-//! update-script calls. When Redis is away the writer retries the same
-//! batch with jittered backoff (the script's dedupe marker makes a retry
-//! of an update that did land a no-op), while new updates wait in the
-//! queue. When the queue (`outage_buffer`) is full, producers wait: the
+//! takes up to [`BATCH`] at a time and writes them in one call (on Redis,
+//! one pipeline of update-script calls). When Redis is away the writer
+//! retries the same batch with jittered backoff (the script's dedupe
+//! marker makes a retry of an update that did land a no-op), while new
+//! updates wait in the queue. When the queue (`outage_buffer`) is full, producers wait: the
 //! simulated exchange pauses rather than dropping an update.
 
 use std::sync::Arc;
@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backplane::{Backplane, OrderUpdate};
 use crate::metrics::Metrics;
 use crate::outage::{Backoff, Outage};
-use crate::redis_writer::{OrderUpdate, RedisWriter};
 
 /// Updates written per pipeline.
 pub const BATCH: usize = 256;
@@ -48,7 +48,7 @@ impl UpdateQueue {
 /// The writer's end: owns the receiving side and writes in order.
 pub struct UpdateWriter {
     rx: mpsc::Receiver<OrderUpdate>,
-    writer: Arc<RedisWriter>,
+    backplane: Arc<dyn Backplane>,
     metrics: Arc<Metrics>,
     outage: Arc<Outage>,
     backoff_max: Duration,
@@ -57,7 +57,7 @@ pub struct UpdateWriter {
 /// A queue of `capacity` updates and the writer that drains it.
 pub fn channel(
     capacity: usize,
-    writer: Arc<RedisWriter>,
+    backplane: Arc<dyn Backplane>,
     metrics: Arc<Metrics>,
     outage: Arc<Outage>,
     backoff_max: Duration,
@@ -65,7 +65,7 @@ pub fn channel(
     let (tx, rx) = mpsc::channel(capacity.max(1));
     (
         UpdateQueue { tx, metrics: Arc::clone(&metrics) },
-        UpdateWriter { rx, writer, metrics, outage, backoff_max },
+        UpdateWriter { rx, backplane, metrics, outage, backoff_max },
     )
 }
 
@@ -98,10 +98,10 @@ impl UpdateWriter {
         }
     }
 
-    /// Writes one batch, retrying until Redis takes it.
+    /// Writes one batch, retrying until the backplane takes it.
     async fn write_batch(&self, batch: &[OrderUpdate], backoff: &mut Backoff) {
         loop {
-            match self.writer.write_updates(batch).await {
+            match self.backplane.write_updates(batch).await {
                 Ok(written) => {
                     let dups = written.iter().filter(|w| w.duplicate).count() as u64;
                     self.metrics.order_updates_published.inc_by(batch.len() as u64);

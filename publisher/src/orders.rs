@@ -17,9 +17,9 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use wire::{ErrorCode, Topic};
 
+use crate::backplane::OrderUpdate;
 use crate::market::{Market, round_cents};
 use crate::order_updates::{QueueClosed, UpdateQueue};
-use crate::redis_writer::OrderUpdate;
 
 /// Largest quantity one order may carry.
 pub const MAX_QTY: u64 = 1_000_000;

@@ -25,8 +25,8 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 use tokio::time::timeout;
 
+use crate::backplane::WriteError;
 use crate::config::Config;
-use crate::redis_writer::WriteError;
 
 /// A connection taken from the link: pooled (one server) or a handle on
 /// the cluster connection.

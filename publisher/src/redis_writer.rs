@@ -1,5 +1,5 @@
-//! Every write the publisher makes to Redis: the connection pool, the two
-//! Lua scripts, and pipelines of their calls.
+//! The publisher's [`Backplane`] on Redis: the connection pool, the two
+//! Lua scripts, pipelines of their calls, and the order replies.
 //!
 //! `seq` is assigned inside Redis, atomically with the PUBLISH, by `INCR`
 //! on the topic's shared counter (`keys::seq_counter`, the one the
@@ -22,78 +22,17 @@
 //! pipelines are split by slot (`redis_link`); on one server everything
 //! goes in one pipeline, as before.
 
+use std::sync::{Mutex, PoisonError};
+
 use deadpool_redis::Pool;
 use redis::{Cmd, Pipeline, Script, Value};
+use wire::keys;
 use wire::scripts::PublishCommand;
-use wire::{Topic, keys};
 
+use crate::backplane::{Backplane, BoxFuture, OrderUpdate, TopicBatch, WriteError, Written};
 use crate::config::Config;
 pub use crate::redis_link::pool;
 use crate::redis_link::{self, Conn, Link};
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error("redis pool: {0}")]
-    Pool(String),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("unexpected reply from redis: {0}")]
-    Reply(String),
-}
-
-/// Messages of one topic published in one script call, in order.
-#[derive(Debug)]
-pub struct TopicBatch {
-    pub topic: String,
-    /// The envelope up to `"seq":`, the same for every message of a topic.
-    pub head: String,
-    /// Each message's envelope after its `seq`.
-    pub tails: Vec<String>,
-    /// Store the last envelope as the topic's snapshot (quotes).
-    pub store_last: bool,
-}
-
-impl TopicBatch {
-    pub fn new(topic: &str, store_last: bool) -> Self {
-        TopicBatch { topic: topic.to_owned(), head: String::new(), tails: Vec::new(), store_last }
-    }
-
-    /// Adds a message; `data_json` must be a JSON object.
-    pub fn push(&mut self, ts: u64, data_json: &str, traceparent: Option<&str>) {
-        let (head, tail) = wire::envelope::encode_parts(&self.topic, ts, data_json, traceparent);
-        if self.head.is_empty() {
-            self.head = head;
-        }
-        self.tails.push(tail);
-    }
-}
-
-/// One order update, ready to be written; kept as is across retries so a
-/// retry sends the same bytes and the same dedupe id.
-#[derive(Debug, Clone)]
-pub struct OrderUpdate {
-    pub topic: Topic,
-    /// Unique per update; a retry with the same id is not written twice.
-    pub id: String,
-    pub head: String,
-    pub tail: String,
-}
-
-impl OrderUpdate {
-    pub fn new(topic: Topic, id: String, data_json: &str, traceparent: Option<&str>) -> Self {
-        let (head, tail) =
-            wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
-        OrderUpdate { topic, id, head, tail }
-    }
-}
-
-/// What Redis did with one order update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    pub seq: u64,
-    /// It had already been written by an earlier attempt.
-    pub duplicate: bool,
-}
 
 pub use wire::keys::dedupe as dedupe_key;
 pub use wire::scripts::DEDUPE_TTL_SECS;
@@ -107,6 +46,10 @@ pub struct RedisWriter {
     publish: PublishCommand,
     batch_script: Script,
     update_script: Script,
+    /// A connection kept between [`Backplane::publish`] calls: taking one
+    /// from the pool costs a PING (deadpool's recycle check), which would
+    /// double the feed's round trips.
+    kept: Mutex<Option<Conn>>,
 }
 
 impl RedisWriter {
@@ -128,6 +71,7 @@ impl RedisWriter {
             publish,
             batch_script: Script::new(BATCH_SCRIPT),
             update_script: Script::new(UPDATE_SCRIPT),
+            kept: Mutex::new(None),
         }
     }
 
@@ -145,13 +89,8 @@ impl RedisWriter {
         self.link.dedicated().await
     }
 
-    /// Publishes every batch in one pipeline; returns the last `seq` of each.
-    pub async fn publish_batches(&self, batches: &[TopicBatch]) -> Result<Vec<u64>, WriteError> {
-        let mut conn = self.conn().await?;
-        self.publish_batches_on(&mut conn, batches).await
-    }
-
-    /// As [`RedisWriter::publish_batches`], on a connection the caller holds.
+    /// Publishes every batch in one pipeline on `conn`; returns the last
+    /// `seq` of each.
     pub async fn publish_batches_on(
         &self,
         conn: &mut Conn,
@@ -176,20 +115,6 @@ impl RedisWriter {
         }
         let values = self.run(conn, calls).await?;
         values.iter().map(|v| as_u64(v).ok_or_else(|| WriteError::Reply(format!("{v:?}")))).collect()
-    }
-
-    /// Publishes one message on a topic that keeps no history; returns its `seq`.
-    pub async fn publish_one(
-        &self,
-        topic: &str,
-        data_json: &str,
-        traceparent: Option<&str>,
-        store_last: bool,
-    ) -> Result<u64, WriteError> {
-        let mut batch = TopicBatch::new(topic, store_last);
-        batch.push(wire::now_ms(), data_json, traceparent);
-        let seqs = self.publish_batches(std::slice::from_ref(&batch)).await?;
-        seqs.first().copied().ok_or_else(|| WriteError::Reply("no reply".into()))
     }
 
     /// Writes order updates in one pipeline, in order. Safe to repeat with
@@ -300,10 +225,35 @@ impl RedisWriter {
             Conn::Cluster(c) => redis_link::run_by_slot(c, calls.to_vec()).await,
         }
     }
+}
 
-    /// A round trip to Redis (every master of a cluster): is it there?
-    pub async fn ping(&self) -> Result<(), WriteError> {
-        self.link.ping().await
+impl Backplane for RedisWriter {
+    fn publish<'a>(&'a self, batches: &'a [TopicBatch]) -> BoxFuture<'a, Result<Vec<u64>, WriteError>> {
+        Box::pin(async move {
+            let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let mut conn = match kept {
+                Some(conn) => conn,
+                None => self.conn().await?,
+            };
+            let result = self.publish_batches_on(&mut conn, batches).await;
+            // A connection that failed may be broken: the next call takes
+            // a fresh one from the pool.
+            if result.is_ok() {
+                *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+            }
+            result
+        })
+    }
+
+    fn write_updates<'a>(
+        &'a self,
+        updates: &'a [OrderUpdate],
+    ) -> BoxFuture<'a, Result<Vec<Written>, WriteError>> {
+        Box::pin(self.write_updates(updates))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), WriteError>> {
+        Box::pin(self.link.ping())
     }
 }
 
@@ -317,17 +267,6 @@ fn as_u64(v: &Value) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batch_shares_one_head() {
-        let mut b = TopicBatch::new("quotes.A", true);
-        b.push(5, r#"{"x":1}"#, None);
-        b.push(6, r#"{"x":2}"#, None);
-        assert_eq!(b.head, r#"{"topic":"quotes.A","seq":"#);
-        let env = format!("{}{}{}", b.head, 9, b.tails[1]);
-        let parsed = wire::Envelope::parse(env.as_bytes(), Some("quotes.A")).unwrap();
-        assert_eq!((parsed.seq, parsed.ts, parsed.data.get()), (9, 6, r#"{"x":2}"#));
-    }
 
     #[test]
     fn dedupe_key_carries_the_channel_hash_tag() {

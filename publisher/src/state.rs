@@ -1,18 +1,18 @@
-//! What every task of one publisher process shares: config, market,
-//! Redis writer, the order-update queue, metrics, the Redis outage state
-//! and the shutdown signal.
+//! What every task of one publisher shares: config, market, backplane,
+//! the order-update queue, metrics, the backplane's outage state and the
+//! shutdown signal.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backplane::Backplane;
 use crate::config::Config;
 use crate::market::Market;
 use crate::metrics::Metrics;
 use crate::order_updates::UpdateQueue;
 use crate::outage::Outage;
-use crate::redis_writer::RedisWriter;
 
 pub struct Shared {
     pub config: Config,
@@ -20,7 +20,8 @@ pub struct Shared {
     /// crashed replica's pending requests can be told apart and claimed.
     pub replica_id: String,
     pub market: Arc<Market>,
-    pub writer: Arc<RedisWriter>,
+    /// Where quotes, order updates and `POST /publish` go.
+    pub backplane: Arc<dyn Backplane>,
     /// Where order lifecycles put their updates (buffered across outages).
     pub updates: UpdateQueue,
     pub metrics: Arc<Metrics>,

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use publisher::redis_writer::{OrderUpdate, RedisWriter, Written, dedupe_key};
+use publisher::backplane::{OrderUpdate, Written};
+use publisher::redis_writer::{RedisWriter, dedupe_key};
 use wire::{Topic, keys};
 
 fn update(topic: &Topic, id: &str, n: u32) -> OrderUpdate {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use publisher::Config;
-use publisher::redis_writer::OrderUpdate;
+use publisher::backplane::OrderUpdate;
 use wire::{Topic, keys};
 
 const N: u64 = 300;
