@@ -32,6 +32,12 @@ pub enum BrokerError {
     Refused(String),
     #[error("{0}")]
     NotSupported(&'static str),
+    /// `since` is beyond the topic's last `seq`: the backplane lost the
+    /// topic's past (an in-memory node restarted) and numbers it anew.
+    #[error(
+        "the topic is at seq {0}, before the seq asked for: its history was lost (the backplane restarted)"
+    )]
+    Behind(u64),
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -62,7 +68,8 @@ pub trait Broker: Send + Sync + 'static {
     fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>>;
 
     /// Up to `limit` envelopes of `topic` with `seq > since`, oldest first,
-    /// from the topic's history (empty when it keeps none).
+    /// from the topic's history (empty when it keeps none). `Behind` when
+    /// the backplane knows `since` is ahead of anything it numbered.
     fn history_after<'a>(
         &'a self,
         topic: &'a Topic,

@@ -103,6 +103,31 @@ pub struct Config {
     pub jwt_leeway_secs: u64,
     /// Whether topics other than `orders.*` may be read without a token.
     pub public_topics: bool,
+    /// Run the publisher's quote feed, order simulator and order service
+    /// inside this node (the one-command demo): `auto` runs them on the
+    /// in-memory backplane only, `on` also on Redis, `off` never.
+    pub demo: Switch,
+    /// Quotes per second the demo feed publishes over all its symbols.
+    pub demo_quote_rate: u64,
+    /// Simulated orders per second the demo places over `acct-1` … `acct-10`.
+    pub demo_order_rate: f64,
+    /// Symbols the demo quotes and trades; empty means the publisher's
+    /// first 20 tickers (AAPL, MSFT, …).
+    pub demo_symbols: Vec<String>,
+    /// `GET /demo/token` hands out short-lived tokens for the account
+    /// `demo`, so the page can place orders: `auto` only when the demo
+    /// runs and no `jwt_secret` is set (a signing key is then made at each
+    /// start), `on` also with the operator's `jwt_secret`, `off` never.
+    pub demo_token: Switch,
+}
+
+/// A feature that is on, off, or decided from the rest of the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for Config {
@@ -139,6 +164,11 @@ impl Default for Config {
             jwt_secret: Secret::default(),
             jwt_leeway_secs: 30,
             public_topics: true,
+            demo: Switch::Auto,
+            demo_quote_rate: 100,
+            demo_order_rate: 2.0,
+            demo_symbols: Vec::new(),
+            demo_token: Switch::Auto,
         }
     }
 }
@@ -183,8 +213,11 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let layers =
-            Layers { env_prefix: ENV_PREFIX, file_env: CONFIG_FILE_ENV, list_keys: &["allowed_origins"] };
+        let layers = Layers {
+            env_prefix: ENV_PREFIX,
+            file_env: CONFIG_FILE_ENV,
+            list_keys: &["allowed_origins", "demo_symbols"],
+        };
         let cfg: Config = layers.load(file, env)?;
         cfg.validate()?;
         Ok(cfg)
@@ -253,7 +286,39 @@ impl Config {
         if self.redis_backoff_max_ms < 10 {
             return Err(bad("redis_backoff_max_ms", "must be at least 10".into()));
         }
+        if self.demo_quote_rate > 1_000_000 {
+            return Err(bad("demo_quote_rate", format!("{} is outside 0..=1000000", self.demo_quote_rate)));
+        }
+        if !(self.demo_order_rate.is_finite() && (0.0..=100_000.0).contains(&self.demo_order_rate)) {
+            return Err(bad("demo_order_rate", format!("{} is outside 0..=100000", self.demo_order_rate)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.demo_symbols {
+            wire::topic::validate(&format!("quotes.{s}"))
+                .map_err(|e| bad("demo_symbols", format!("{s:?} does not make a valid topic: {e}")))?;
+            if !seen.insert(s) {
+                return Err(bad("demo_symbols", format!("{s:?} is listed twice")));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether this node runs the publisher's producers in process.
+    pub fn demo_enabled(&self) -> bool {
+        match self.demo {
+            Switch::Auto => self.redis_url.is_empty(),
+            Switch::On => true,
+            Switch::Off => false,
+        }
+    }
+
+    /// Whether this node hands out demo tokens at `GET /demo/token`.
+    pub fn demo_token_enabled(&self) -> bool {
+        match self.demo_token {
+            Switch::Auto => self.demo_enabled() && self.jwt_secret.is_empty(),
+            Switch::On => true,
+            Switch::Off => false,
+        }
     }
 
     /// The seed nodes of a Redis Cluster (`redis_url` split at commas).

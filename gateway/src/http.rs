@@ -67,3 +67,15 @@ pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: By
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::BackplaneUnavailable, e.to_string()),
     }
 }
+
+/// `GET /demo/token`: a short-lived token for the demo account, when this
+/// node hands them out (404 otherwise, and the page asks for a token).
+pub async fn demo_token(State(node): State<Arc<Node>>) -> Response {
+    let Some(tokens) = &node.tokens else {
+        return refuse(StatusCode::NOT_FOUND, ErrorCode::NotSupported, "this node hands out no demo tokens");
+    };
+    match tokens.issue() {
+        Ok(issued) => ([(header::CACHE_CONTROL, "no-store")], Json(issued)).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string()),
+    }
+}

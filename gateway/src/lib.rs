@@ -9,11 +9,13 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod page;
 pub mod requests;
 pub mod server;
 

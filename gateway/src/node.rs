@@ -14,6 +14,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::demo::Tokens;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::requests::Requests;
@@ -33,6 +34,8 @@ pub struct Node {
     pub requests: Arc<Requests>,
     /// Token checks and topic permissions.
     pub auth: Auth,
+    /// Signs demo tokens, when this node hands them out.
+    pub tokens: Option<Tokens>,
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM: stop admitting, close clients, drain.
     pub shutdown: CancellationToken,
@@ -55,6 +58,7 @@ pub struct NodeParts {
     pub broker: Arc<dyn Broker>,
     pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
+    pub tokens: Option<Tokens>,
 }
 
 /// Held by one admitted connection for its whole life.
@@ -100,7 +104,7 @@ impl Refused {
 
 impl Node {
     pub fn new(parts: NodeParts, shutdown: CancellationToken) -> Self {
-        let NodeParts { config, id, hub, broker, requests, metrics } = parts;
+        let NodeParts { config, id, hub, broker, requests, metrics, tokens } = parts;
         let max_connections = match config.max_connections {
             0 => {
                 let files = open_file_limit();
@@ -110,6 +114,7 @@ impl Node {
         };
         Node {
             auth: Auth::from_config(&config),
+            tokens,
             config,
             id,
             hub,

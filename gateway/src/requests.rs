@@ -40,16 +40,18 @@ impl Requests {
         Pending { requests: Arc::clone(self), corr, reply: rx }
     }
 
-    /// Takes one reply from the reply channel; unknown or malformed ones
-    /// (late, or not ours) are dropped and logged at debug.
+    /// Takes one reply (JSON) from the reply channel; a malformed one is
+    /// dropped and logged.
     pub fn resolve(&self, payload: &[u8]) {
-        let reply: OrderReply = match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed order reply skipped");
-                return;
-            }
-        };
+        match serde_json::from_slice(payload) {
+            Ok(reply) => self.deliver(reply),
+            Err(e) => tracing::warn!(error = %e, "malformed order reply skipped"),
+        }
+    }
+
+    /// Hands a reply to the connection waiting on it; one no longer waited
+    /// on (late, or not ours) is dropped and logged at debug.
+    pub fn deliver(&self, reply: OrderReply) {
         let waiter = self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&reply.corr);
         match waiter {
             Some(tx) => {

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
+use publisher::Engine;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,33 +27,57 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeParts, Refused};
 use crate::requests::Requests;
-use crate::{connection, http};
+use crate::{connection, demo, http, page};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error("demo: {0}")]
+    Demo(#[from] publisher::backplane::WriteError),
+    #[error("demo tokens: {0}")]
+    DemoToken(#[from] jsonwebtoken::errors::Error),
     #[error("serving HTTP: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// Builds the node for `config`: the Redis backplane when a URL is set
 /// (the Redis Cluster one with `redis_cluster`), the in-memory one
-/// otherwise.
+/// otherwise; and the demo's engine when the node runs it.
 /// `drain` starts the clients' drain; `stop` ends the backplane, which must
 /// keep delivering to draining clients until the last one is closed.
 pub fn build_node(
-    config: Config,
+    mut config: Config,
     drain: CancellationToken,
     stop: CancellationToken,
-) -> Result<Arc<Node>, ServerError> {
+) -> Result<(Arc<Node>, Option<Engine>), ServerError> {
     let id =
         if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
+    let tokens = config.demo_token_enabled().then(|| {
+        if config.jwt_secret.is_empty() {
+            config.jwt_secret = demo::ephemeral_secret();
+        } else {
+            tracing::warn!(
+                "demo_token is on with your jwt_secret: anyone who reaches this node can act as `demo`"
+            );
+        }
+        demo::Tokens::new(&config.jwt_secret)
+    });
+    let tokens = tokens.transpose()?;
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
     let requests = Arc::new(Requests::default());
+    let mut engine = None;
     let broker: Arc<dyn Broker> = if config.redis_url.is_empty() {
-        Arc::new(MemoryBroker::new(Arc::clone(&hub)))
+        if config.demo_enabled() {
+            let (orders, desk) = demo::order_desk(&requests);
+            let memory = Arc::new(MemoryBroker::new(Arc::clone(&hub), Some(orders)));
+            let publisher = demo::publisher_config(&config, &id);
+            engine = Some(demo::start_in_memory(publisher, Arc::clone(&memory), desk));
+            memory
+        } else {
+            Arc::new(MemoryBroker::new(Arc::clone(&hub), None))
+        }
     } else if config.redis_cluster {
         Arc::new(RedisClusterBroker::start(
             &config,
@@ -72,13 +97,21 @@ pub fn build_node(
             stop,
         )?)
     };
-    let parts = NodeParts { config, id, hub, broker, requests, metrics };
-    Ok(Arc::new(Node::new(parts, drain)))
+    if engine.is_none() && config.demo_enabled() {
+        engine = Some(demo::start_on_redis(demo::publisher_config(&config, &id))?);
+    }
+    let parts = NodeParts { config, id, hub, broker, requests, metrics, tokens };
+    Ok((Arc::new(Node::new(parts, drain)), engine))
 }
 
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config.max_frame_bytes;
     Router::new()
+        .route("/", get(page::index))
+        .route("/client.js", get(page::client_js))
+        .route("/app.js", get(page::app_js))
+        .route("/style.css", get(page::style_css))
+        .route("/demo/token", get(http::demo_token))
         .route("/ws", get(upgrade))
         .route("/channels", get(upgrade))
         .route("/healthz", get(http::healthz))
@@ -98,7 +131,7 @@ pub async fn run(
     let backplane = CancellationToken::new();
     // Whatever way run() ends, the backplane tasks end with it.
     let _stop_backplane = backplane.clone().drop_guard();
-    let node = build_node(config, token.clone(), backplane)?;
+    let (node, demo) = build_node(config, token.clone(), backplane)?;
     tracing::info!(
         addr = %listener.local_addr()?,
         node = %node.id,
@@ -132,6 +165,9 @@ pub async fn run(
     node.tracker.close();
     if tokio::time::timeout(node.config.drain(), node.tracker.wait()).await.is_err() {
         tracing::warn!(left = node.tracker.len(), "drain window ended with connections still open");
+    }
+    if let Some(demo) = demo {
+        demo.stop().await;
     }
     Ok(())
 }

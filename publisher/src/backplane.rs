@@ -46,6 +46,9 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// One round trip: is the backplane there?
     fn ping(&self) -> BoxFuture<'_, Result<(), WriteError>>;
+
+    /// `redis`, `redis-cluster` or `memory`, for logs.
+    fn kind(&self) -> &'static str;
 }
 
 /// Messages of one topic published in one call, in order.

@@ -49,7 +49,7 @@ impl Engine {
         desk: impl FnOnce(&Shared) -> Option<Box<dyn OrderDesk>>,
     ) -> Engine {
         let metrics = Arc::new(Metrics::default());
-        let outage = Arc::new(Outage::new(Arc::clone(&metrics)));
+        let outage = Arc::new(Outage::new(backplane.kind(), Arc::clone(&metrics)));
         let market = Arc::new(Market::new(config.symbol_list()));
         let replica_id = if config.replica_id.is_empty() {
             uuid::Uuid::new_v4().to_string()

@@ -1,5 +1,5 @@
-//! Whether Redis is reachable, as every task sees it, and how long to wait
-//! before trying again.
+//! Whether the backplane (Redis) is reachable, as every task sees it, and
+//! how long to wait before trying again.
 //!
 //! Many tasks talk to Redis (feed, order writer, request reader, health
 //! probe); when it goes away they all fail at once, many times a second.
@@ -22,12 +22,14 @@ pub struct Outage {
     /// Set once Redis has answered, so the first connection is logged as
     /// "connected" rather than as a recovery.
     seen: AtomicBool,
+    /// The backplane's kind, in the log lines (`redis`, `memory`).
+    backplane: &'static str,
     metrics: Arc<Metrics>,
 }
 
 impl Outage {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Outage { up: AtomicBool::new(false), seen: AtomicBool::new(false), metrics }
+    pub fn new(backplane: &'static str, metrics: Arc<Metrics>) -> Self {
+        Outage { up: AtomicBool::new(false), seen: AtomicBool::new(false), backplane, metrics }
     }
 
     pub fn is_up(&self) -> bool {
@@ -41,9 +43,9 @@ impl Outage {
         }
         self.metrics.redis_up.set(1);
         if self.seen.swap(true, Ordering::AcqRel) {
-            tracing::info!("redis reachable again; resuming");
+            tracing::info!(backplane = self.backplane, "backplane reachable again; resuming");
         } else {
-            tracing::info!("redis connected");
+            tracing::info!(backplane = self.backplane, "backplane connected");
         }
     }
 
@@ -55,9 +57,14 @@ impl Outage {
         if was_up || first_ever {
             self.metrics.redis_up.set(0);
             self.metrics.redis_outages.inc();
-            tracing::warn!(task, %error, "redis unavailable; retrying with backoff (logged once per outage)");
+            tracing::warn!(
+                backplane = self.backplane,
+                task,
+                %error,
+                "backplane unavailable; retrying with backoff (logged once per outage)"
+            );
         } else {
-            tracing::debug!(task, %error, "redis still unavailable");
+            tracing::debug!(backplane = self.backplane, task, %error, "backplane still unavailable");
         }
     }
 }
@@ -95,7 +102,7 @@ mod tests {
     #[test]
     fn counts_one_outage_per_loss() {
         let metrics = Arc::new(Metrics::default());
-        let outage = Outage::new(Arc::clone(&metrics));
+        let outage = Outage::new("redis", Arc::clone(&metrics));
         outage.succeeded();
         for _ in 0..5 {
             outage.failed("test", &"refused");

@@ -255,6 +255,13 @@ impl Backplane for RedisWriter {
     fn ping(&self) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(self.link.ping())
     }
+
+    fn kind(&self) -> &'static str {
+        match self.link {
+            Link::Single(_) => "redis",
+            Link::Cluster(_) => "redis-cluster",
+        }
+    }
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

@@ -103,7 +103,12 @@ impl Drop for TestGateway {
 
 /// Default config for tests: short timers so nothing waits long.
 pub fn memory_config() -> Config {
-    Config { drain_ms: 1_000, unsubscribe_grace_ms: 50, ..Config::default() }
+    Config {
+        drain_ms: 1_000,
+        unsubscribe_grace_ms: 50,
+        demo: gateway::config::Switch::Off,
+        ..Config::default()
+    }
 }
 
 pub fn redis_config(url: &str, prefix: &str) -> Config {

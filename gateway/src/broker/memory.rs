@@ -2,13 +2,18 @@
 //!
 //! Used when no Redis URL is configured, like Centrifugo's memory engine:
 //! one node serves clients and `POST /publish` with nothing else running.
-//! It keeps what the Redis backplane keeps, in memory: the latest quote
-//! per `quotes.*` topic (snapshots) and a short history of every other
-//! topic (`since` recovery). There is no order service in this mode.
+//! It keeps what the Redis scripts keep, in memory: a `seq` per topic, the
+//! latest quote per `quotes.*` topic (snapshots), a short history of every
+//! other topic (`since` recovery), and the ids of recent updates, so an
+//! update published twice with one id is written once. Orders go to the
+//! order service of the one-command demo when this node runs it (an
+//! in-process desk); without it they are refused as `not_supported`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use publisher::order_desk::RequestSender;
+use wire::orders::OrderRequest;
 use wire::{Topic, TopicFamily};
 
 use super::{BoxFuture, Broker, BrokerError};
@@ -22,8 +27,15 @@ struct Log {
     seq: u64,
     /// Latest envelope (quotes).
     last: Option<Vec<u8>>,
-    /// Recent envelopes with their seq (other topics), oldest first.
-    history: VecDeque<(u64, Vec<u8>)>,
+    /// Recent envelopes (other topics), oldest first.
+    history: VecDeque<Entry>,
+}
+
+struct Entry {
+    seq: u64,
+    /// The publisher's id of the update, if it gave one.
+    id: Option<String>,
+    envelope: Vec<u8>,
 }
 
 pub struct MemoryBroker {
@@ -31,11 +43,48 @@ pub struct MemoryBroker {
     /// Per-topic state. Held while a message is handed to the hub so
     /// concurrent publishes on one topic reach subscribers in `seq` order.
     topics: Mutex<HashMap<Topic, Log>>,
+    /// The demo's order service, when this node runs it.
+    orders: Option<RequestSender>,
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        MemoryBroker { hub, topics: Mutex::default() }
+    pub fn new(hub: Arc<Hub>, orders: Option<RequestSender>) -> Self {
+        MemoryBroker { hub, topics: Mutex::default(), orders }
+    }
+
+    /// Publishes one message per tail on `topic`, each envelope being
+    /// `head`, its `seq`, then the tail (as the Redis scripts assemble
+    /// them). An `id` seen in the topic's history is not published again:
+    /// its `seq` is returned with `true`. Returns the last `seq` and
+    /// whether it was such a duplicate.
+    pub fn append<'t>(
+        &self,
+        topic: &Topic,
+        head: &str,
+        tails: impl IntoIterator<Item = &'t str>,
+        id: Option<&str>,
+    ) -> (u64, bool) {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let log = topics.entry(topic.clone()).or_default();
+        if let Some(id) = id
+            && let Some(seen) = log.history.iter().find(|e| e.id.as_deref() == Some(id))
+        {
+            return (seen.seq, true);
+        }
+        for tail in tails {
+            log.seq += 1;
+            let envelope = format!("{head}{}{tail}", log.seq).into_bytes();
+            self.hub.ingest(topic.as_str(), &envelope);
+            if topic.family() == TopicFamily::Quotes {
+                log.last = Some(envelope);
+            } else {
+                if log.history.len() == HISTORY_LEN {
+                    log.history.pop_front();
+                }
+                log.history.push_back(Entry { seq: log.seq, id: id.map(str::to_owned), envelope });
+            }
+        }
+        (log.seq, false)
     }
 }
 
@@ -51,25 +100,12 @@ impl Broker for MemoryBroker {
         topic: &'a Topic,
         data_json: &'a str,
         traceparent: Option<&'a str>,
-        _id: Option<&'a str>,
+        id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<u64, BrokerError>> {
         Box::pin(async move {
-            let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
-            let log = topics.entry(topic.clone()).or_default();
-            log.seq += 1;
-            let seq = log.seq;
-            let envelope =
-                wire::envelope::encode(topic.as_str(), seq, wire::now_ms(), data_json, traceparent);
-            self.hub.ingest(topic.as_str(), envelope.as_bytes());
-            if topic.family() == TopicFamily::Quotes {
-                log.last = Some(envelope.into_bytes());
-            } else {
-                if log.history.len() == HISTORY_LEN {
-                    log.history.pop_front();
-                }
-                log.history.push_back((seq, envelope.into_bytes()));
-            }
-            Ok(seq)
+            let (head, tail) =
+                wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
+            Ok(self.append(topic, &head, [tail.as_str()], id).0)
         })
     }
 
@@ -88,22 +124,29 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
         Box::pin(async move {
             let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = topics.get(topic.as_str()).map_or(0, |log| log.seq);
+            // Nothing here ever numbered `since`: it comes from before this
+            // process started, whose history is gone.
+            if since > current {
+                return Err(BrokerError::Behind(current));
+            }
             let Some(log) = topics.get(topic.as_str()) else {
                 return Ok(Vec::new());
             };
-            Ok(log
-                .history
-                .iter()
-                .filter(|(seq, _)| *seq > since)
-                .take(limit)
-                .map(|(_, e)| e.clone())
-                .collect())
+            Ok(log.history.iter().filter(|e| e.seq > since).take(limit).map(|e| e.envelope.clone()).collect())
         })
     }
 
-    fn submit_order<'a>(&'a self, _request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async {
-            Err(BrokerError::NotSupported("orders need the Redis backplane and the publisher service"))
+    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let Some(orders) = &self.orders else {
+                return Err(BrokerError::NotSupported(
+                    "orders need the order service: the Redis backplane with the publisher, or the demo",
+                ));
+            };
+            let request: OrderRequest =
+                serde_json::from_str(&request_json).map_err(|e| BrokerError::Refused(e.to_string()))?;
+            orders.submit(request).map_err(|e| BrokerError::Unavailable(e.to_string()))
         })
     }
 
@@ -113,5 +156,31 @@ impl Broker for MemoryBroker {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_assign_seq_keep_history_and_deduplicate_by_id() {
+        let broker = MemoryBroker::new(Arc::new(Hub::new(Arc::default())), None);
+        let topic = Topic::parse("orders.a").unwrap();
+        let (head, tail) = wire::envelope::encode_parts("orders.a", 5, r#"{"n":1}"#, None);
+        assert_eq!(broker.append(&topic, &head, [tail.as_str()], Some("u1")), (1, false));
+        assert_eq!(broker.append(&topic, &head, [tail.as_str()], Some("u1")), (1, true), "same id");
+        assert_eq!(broker.append(&topic, &head, [tail.as_str(), tail.as_str()], None), (3, false));
+        let history = broker.history_after(&topic, 1, 10).await.unwrap();
+        let seqs: Vec<u64> =
+            history.iter().map(|raw| wire::Envelope::parse(raw, Some("orders.a")).unwrap().seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        let quotes = Topic::parse("quotes.A").unwrap();
+        broker.publish(&quotes, r#"{"bid":1}"#, None, None).await.unwrap();
+        let last = broker.last_value(&quotes).await.unwrap().unwrap();
+        assert_eq!(wire::Envelope::parse(&last, Some("quotes.A")).unwrap().seq, 1);
+        assert!(matches!(broker.history_after(&topic, 9, 10).await, Err(BrokerError::Behind(3))));
+        let refused = broker.submit_order("{}".into()).await;
+        assert!(matches!(refused, Err(BrokerError::NotSupported(_))));
     }
 }

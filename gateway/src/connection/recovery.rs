@@ -11,14 +11,16 @@ use wire::envelope::Envelope;
 use wire::{ErrorCode, Topic, TopicFamily};
 
 use super::{Connection, End};
+use crate::broker::BrokerError;
 
 impl Connection {
     /// After `subscribed`: replays history after `since` (no gap, no
     /// duplicate at the seam with live frames already queued), or for
     /// quotes sends the latest value as a snapshot.
-    pub(super) async fn recover(&mut self, topic: Topic, since: Option<u64>) -> Option<End> {
+    pub(super) async fn recover(&mut self, topic: Topic, mut since: Option<u64>) -> Option<End> {
         let broker = Arc::clone(&self.node.broker);
         let mut sent_up_to = since;
+        let mut behind = false;
         if let Some(since) = since {
             let limit = self.node.config.replay_limit;
             match broker.history_after(&topic, since, limit).await {
@@ -60,8 +62,16 @@ impl Connection {
                     {
                         return Some(end);
                     }
+                    // The topic is numbered anew: go on as for a subscribe
+                    // without `since`, so no new frame is taken for one
+                    // this client saw before.
+                    behind = matches!(e, BrokerError::Behind(_));
                 }
             }
+        }
+        if behind {
+            since = None;
+            sent_up_to = None;
         }
         let replayed = sent_up_to != since;
         if topic.family() == TopicFamily::Quotes && !replayed {
