@@ -233,6 +233,8 @@ cmd_up() {
         --save "" --appendonly no --dir "$RUN/redis" --daemonize no --logfile ""
     wait_until redis "PING" redis-cli -p "$REDIS_PORT" ping
 
+    # Everything here listens on 127.0.0.1 only, so POST /publish may go
+    # without a key (publish_insecure); never do that on a public address.
     say "==> gateway nodes"
     local i
     for i in "${!GATEWAY_PORTS[@]}"; do
@@ -242,6 +244,7 @@ cmd_up() {
             GATEWAY_NODE_ID="node-$n" \
             GATEWAY_REDIS_URL="$REDIS_URL" \
             GATEWAY_DRAIN_MS="$DRAIN_MS" \
+            GATEWAY_PUBLISH_INSECURE=true \
             RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 \
             "$BIN/gateway"
     done
@@ -257,6 +260,7 @@ cmd_up() {
         PUBLISHER_QUOTE_RATE="$QUOTE_RATE" \
         PUBLISHER_ACCOUNTS="$ACCOUNTS" \
         PUBLISHER_ORDER_RATE="$ORDER_RATE" \
+        PUBLISHER_PUBLISH_INSECURE=true \
         RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 \
         "$BIN/publisher"
     wait_until publisher "/readyz 200" http_ok "$PUBLISHER_PORT" /readyz

@@ -44,12 +44,22 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Bytes that may wait for one slow socket before it is closed (4001).
     pub max_pending_bytes: usize,
-    /// WebSocket connections this node accepts; 0 means automatic: the
-    /// open-file limit less a reserve for Redis, logs and HTTP.
+    /// Connections this node holds at once, counted from accept (WebSocket,
+    /// handshaking or plain HTTP); 0 means automatic: the open-file limit
+    /// less a reserve for Redis and logs.
     pub max_connections: usize,
     /// Connections one client IP may hold; 0 means no limit (behind a load
     /// balancer every client may share its address).
     pub max_connections_per_ip: usize,
+    /// Connections one client IP may hold that have not upgraded to a
+    /// WebSocket (plain HTTP, or a handshake under way); 0 means automatic:
+    /// a sixteenth of `max_connections`, at least 32. Half-open sockets
+    /// from one address then cannot take the node's files.
+    pub max_pending_per_ip: usize,
+    /// An HTTP request (the WebSocket handshake included) must arrive whole
+    /// within this; a connection that sends less, or sits idle between
+    /// requests this long, is closed. The `/publish` body too.
+    pub request_timeout_ms: u64,
     /// Browser origins allowed to connect (exact `Origin` values, or `*`);
     /// empty allows any. Clients that send no Origin are not browsers and
     /// are not checked.
@@ -93,9 +103,12 @@ pub struct Config {
     pub history_maxlen: usize,
     /// Envelopes replayed at most for one `subscribe` with `since`.
     pub replay_limit: usize,
-    /// Bearer key that `POST /publish` requires; empty leaves the endpoint
-    /// open (fine on loopback, not on a public address).
+    /// Bearer key that `POST /publish` requires. Empty: the endpoint is
+    /// closed, unless `publish_insecure` opens it (or the demo runs: then
+    /// it is open to loopback clients).
     pub publish_api_key: Secret,
+    /// Opens `POST /publish` without a key to anyone who reaches the port.
+    pub publish_insecure: bool,
     /// HS256 secret that client JWTs are signed with; empty turns
     /// authentication off (every topic open: development only).
     pub jwt_secret: Secret,
@@ -144,6 +157,8 @@ impl Default for Config {
             max_pending_bytes: 4 << 20,
             max_connections: 0,
             max_connections_per_ip: 0,
+            max_pending_per_ip: 0,
+            request_timeout_ms: 10_000,
             allowed_origins: Vec::new(),
             max_commands_per_sec: 100,
             max_client_errors: 100,
@@ -161,6 +176,7 @@ impl Default for Config {
             replay_limit: 10_000,
             history_maxlen: 10_000,
             publish_api_key: Secret::default(),
+            publish_insecure: false,
             jwt_secret: Secret::default(),
             jwt_leeway_secs: 30,
             public_topics: true,
@@ -255,7 +271,9 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 21] = [
+        let ranges: [(&'static str, u64, u64, u64); 23] = [
+            ("max_pending_per_ip", self.max_pending_per_ip as u64, 0, 10_000_000),
+            ("request_timeout_ms", self.request_timeout_ms, 10, 3_600_000),
             ("history_maxlen", self.history_maxlen as u64, 1, 100_000_000),
             ("max_connections_per_ip", self.max_connections_per_ip as u64, 0, 10_000_000),
             ("max_commands_per_sec", u64::from(self.max_commands_per_sec), 1, 1_000_000),
@@ -330,6 +348,9 @@ impl Config {
         self.listen.parse().map_err(|e| format!("{:?} is not HOST:PORT: {e}", self.listen))
     }
 
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
     }

@@ -6,8 +6,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -46,13 +49,46 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Re
     (status, Json(json!({"error": {"code": code.as_str(), "message": message}}))).into_response()
 }
 
+fn refuse_publish(denied: wire::publish::Denied) -> Response {
+    let status = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let (code, message) = denied.explain();
+    refuse(status, code, message)
+}
+
+/// A request body of at most `limit` bytes that arrives within `timeout`:
+/// a client trickling a body must not hold the connection for ever.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidFrame,
+            format!("the body is over {limit} bytes or was cut short"),
+        )),
+        Err(_) => {
+            Err(refuse(StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout, "the body did not arrive in time"))
+        }
+    }
+}
+
 /// `POST /publish` with `{"topic": …, "data": {…}, "traceparent"?, "id"?}`;
 /// answers `{"topic", "seq"}`.
-pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn publish(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !wire::publish::bearer_matches(authorization, node.config.publish_api_key.expose()) {
-        return refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong Bearer key");
+    // The one-command demo opens it to this machine only.
+    let open = node.config.publish_insecure || (node.config.demo_enabled() && peer.ip().is_loopback());
+    if let Err(denied) = wire::publish::authorize(authorization, node.config.publish_api_key.expose(), open) {
+        return refuse_publish(denied);
     }
+    let body = match read_body(body, node.config.max_frame_bytes, node.config.request_timeout()).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let req = match wire::publish::parse(&body) {
         Ok(req) => req,
         Err((code, message)) => return refuse(StatusCode::BAD_REQUEST, code, message),

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

@@ -24,8 +24,15 @@ pub struct Metrics {
     pub connections: Gauge,
     /// WebSocket connections accepted since start.
     pub connections_accepted: Counter,
-    /// Upgrades refused, by reason (full, per_ip, draining, origin).
+    /// Connections refused, by reason (full, per_ip, pending_per_ip,
+    /// draining, origin).
     pub connections_refused: Family<CodeLabel, Counter>,
+    /// Accepted TCP connections not (yet) upgraded to a WebSocket.
+    pub http_connections: Gauge,
+    /// Connections closed for not sending a whole request in time.
+    pub request_timeouts: Counter,
+    /// `accept()` failures (out of files), each followed by a backoff.
+    pub accept_errors: Counter,
     /// Subscriptions held by all connections.
     pub subscriptions: Gauge,
     /// Topics with at least one local subscriber.
@@ -87,9 +94,20 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Upgrades refused (node full or draining)",
+            "Connections refused, by reason",
             m.connections_refused.clone(),
         );
+        registry.register(
+            "http_connections",
+            "Accepted connections not upgraded to a WebSocket",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "request_timeouts",
+            "Connections closed for an unfinished request",
+            m.request_timeouts.clone(),
+        );
+        registry.register("accept_errors", "accept() failures (out of files)", m.accept_errors.clone());
         registry.register("subscriptions", "Subscriptions held by all connections", m.subscriptions.clone());
         registry.register("topics", "Topics with at least one local subscriber", m.topics.clone());
         registry.register(

@@ -1,6 +1,7 @@
 //! The node: everything one gateway process shares between its
 //! connections (config, hub, broker, metrics, the shutdown signal) and
-//! the admission of new connections.
+//! the admission of new connections, counted from accept: every TCP
+//! connection holds an [`Admission`] for its whole life, WebSocket or not.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,11 +44,22 @@ pub struct Node {
     pub tracker: TaskTracker,
     /// Connections this node admits at most (resolved from config).
     pub max_connections: usize,
+    /// Connections one address may hold before upgrading (resolved).
+    pub max_pending_per_ip: usize,
     /// Admitted connections, including ones still upgrading.
     admitted: AtomicUsize,
-    /// Admitted connections per client address (only when limited).
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Admitted connections per client address.
+    per_ip: Mutex<HashMap<IpAddr, PerIp>>,
     next_conn: AtomicU64,
+}
+
+/// What one client address holds.
+#[derive(Default)]
+struct PerIp {
+    /// Connections admitted, upgraded or not.
+    total: usize,
+    /// Of those, the ones not upgraded to a WebSocket (yet).
+    pending: usize,
 }
 
 /// What a node is assembled from (see [`crate::server::build_node`]).
@@ -64,21 +76,35 @@ pub struct NodeParts {
 /// Held by one admitted connection for its whole life.
 pub struct Admission {
     node: Arc<Node>,
-    /// Counted against its address's limit, when there is one.
-    ip: Option<IpAddr>,
+    ip: IpAddr,
+    /// Not upgraded to a WebSocket (yet).
+    pending: bool,
     _task: TaskTrackerToken,
+}
+
+impl Admission {
+    /// The connection became a WebSocket: it no longer counts as pending.
+    pub fn upgraded(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            let mut per_ip = self.node.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(held) = per_ip.get_mut(&self.ip) {
+                held.pending -= 1;
+            }
+        }
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.node.admitted.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = self.ip {
-            let mut per_ip = self.node.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
-                }
+        let mut per_ip = self.node.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = per_ip.get_mut(&self.ip) {
+            held.total -= 1;
+            if self.pending {
+                held.pending -= 1;
+            }
+            if held.total == 0 {
+                per_ip.remove(&self.ip);
             }
         }
     }
@@ -90,6 +116,8 @@ pub enum Refused {
     Draining,
     Full,
     PerIp,
+    /// The address holds `max_pending_per_ip` connections not upgraded.
+    PendingPerIp,
 }
 
 impl Refused {
@@ -98,6 +126,7 @@ impl Refused {
             Refused::Draining => "draining",
             Refused::Full => "full",
             Refused::PerIp => "per_ip",
+            Refused::PendingPerIp => "pending_per_ip",
         }
     }
 }
@@ -112,6 +141,12 @@ impl Node {
             }
             n => n,
         };
+        // Room for a burst of handshakes from one address (a balancer, a
+        // NAT) while far from letting one address take the node's files.
+        let max_pending_per_ip = match config.max_pending_per_ip {
+            0 => (max_connections / 16).max(32),
+            n => n,
+        };
         Node {
             auth: Auth::from_config(&config),
             tokens,
@@ -124,32 +159,37 @@ impl Node {
             shutdown,
             tracker: TaskTracker::new(),
             max_connections,
+            max_pending_per_ip,
             admitted: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             next_conn: AtomicU64::new(1),
         }
     }
 
-    /// Admits one more connection from `ip` unless the node is draining,
-    /// full, or that address holds its limit.
+    /// Admits one more connection from `ip` (just accepted, not upgraded)
+    /// unless the node is draining, full, or that address holds its limit
+    /// of connections or of connections not upgraded.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refused> {
         if self.shutdown.is_cancelled() {
             return Err(Refused::Draining);
         }
-        let limit = self.config.max_connections_per_ip;
-        let counted_ip = if limit > 0 {
+        {
+            let limit = self.config.max_connections_per_ip;
             let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            let n = per_ip.entry(ip).or_insert(0);
-            if *n >= limit {
+            // A refusal leaves the entry as it was: never empty, since a
+            // limit was reached.
+            let held = per_ip.entry(ip).or_default();
+            if limit > 0 && held.total >= limit {
                 return Err(Refused::PerIp);
             }
-            *n += 1;
-            Some(ip)
-        } else {
-            None
-        };
-        // From here the admission's Drop undoes both counts.
-        let admission = Admission { node: Arc::clone(self), ip: counted_ip, _task: self.tracker.token() };
+            if held.pending >= self.max_pending_per_ip {
+                return Err(Refused::PendingPerIp);
+            }
+            held.total += 1;
+            held.pending += 1;
+        }
+        // From here the admission's Drop undoes every count.
+        let admission = Admission { node: Arc::clone(self), ip, pending: true, _task: self.tracker.token() };
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
         if prev >= self.max_connections {
             return Err(Refused::Full);

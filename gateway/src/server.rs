@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use publisher::Engine;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::redis_cluster::RedisClusterBroker;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::listener::{self, AdmissionSlot};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeParts, Refused};
 use crate::requests::Requests;
@@ -105,7 +105,6 @@ pub fn build_node(
 }
 
 pub fn router(node: Arc<Node>) -> Router {
-    let body_limit = node.config.max_frame_bytes;
     Router::new()
         .route("/", get(page::index))
         .route("/client.js", get(page::client_js))
@@ -117,7 +116,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
-        .route("/publish", post(http::publish).layer(DefaultBodyLimit::max(body_limit)))
+        .route("/publish", post(http::publish))
         .with_state(node)
 }
 
@@ -142,8 +141,8 @@ pub async fn run(
     if node.config.jwt_secret.is_empty() {
         tracing::warn!("authentication is off (no jwt_secret): every topic, orders.* included, is open");
     }
-    if node.config.publish_api_key.is_empty() {
-        tracing::warn!("POST /publish is open to anyone who reaches this port; set publish_api_key");
+    if node.config.publish_api_key.is_empty() && node.config.publish_insecure {
+        tracing::warn!("POST /publish is open to anyone who reaches this port (publish_insecure)");
     }
     let signal = {
         let token = token.clone();
@@ -153,15 +152,14 @@ pub async fn run(
             token.cancel();
         }
     };
-    let app = router(Arc::clone(&node)).into_make_service_with_connect_info::<SocketAddr>();
-    // Market data is many small frames: without TCP_NODELAY, Nagle's
-    // algorithm meets the client's delayed ACK and holds frames ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app).with_graceful_shutdown(signal).await?;
+    listener::serve(
+        listener,
+        Arc::clone(&node),
+        router(Arc::clone(&node)),
+        refusal_router(Arc::clone(&node)),
+        signal,
+    )
+    .await;
     node.tracker.close();
     if tokio::time::timeout(node.config.drain(), node.tracker.wait()).await.is_err() {
         tracing::warn!(left = node.tracker.len(), "drain window ended with connections still open");
@@ -172,9 +170,42 @@ pub async fn run(
     Ok(())
 }
 
+/// What a refused connection is served: health and metrics probes still
+/// answer (a full node is alive, and says why it is not ready), anything
+/// else gets the refusal's status, and the connection closes.
+pub fn refusal_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .fallback(refuse_connection)
+        .with_state(node)
+}
+
+async fn refuse_connection(State(node): State<Arc<Node>>, refused: Option<Extension<Refused>>) -> Response {
+    let refused = refused.map_or(Refused::Full, |Extension(r)| r);
+    node.metrics.refused(refused.reason());
+    let mut response = refusal(refused);
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
+}
+
+fn refusal(refused: Refused) -> Response {
+    let (status, why) = match refused {
+        Refused::Draining => (StatusCode::SERVICE_UNAVAILABLE, "node is draining"),
+        Refused::Full => (StatusCode::SERVICE_UNAVAILABLE, "node is at max_connections"),
+        Refused::PerIp => (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address"),
+        Refused::PendingPerIp => {
+            (StatusCode::TOO_MANY_REQUESTS, "too many unfinished connections from this address")
+        }
+    };
+    (status, why).into_response()
+}
+
 async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(slot): Extension<AdmissionSlot>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -185,18 +216,16 @@ async fn upgrade(
         node.metrics.refused("origin");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let admission = match node.admit(peer.ip()) {
-        Ok(admission) => admission,
-        Err(refused) => {
-            node.metrics.refused(refused.reason());
-            let (status, why) = match refused {
-                Refused::Draining => (StatusCode::SERVICE_UNAVAILABLE, "node is draining"),
-                Refused::Full => (StatusCode::SERVICE_UNAVAILABLE, "node is at max_connections"),
-                Refused::PerIp => (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address"),
-            };
-            return (status, why).into_response();
-        }
+    // A connection admitted before the drain began may still ask.
+    if node.shutdown.is_cancelled() {
+        node.metrics.refused(Refused::Draining.reason());
+        return refusal(Refused::Draining);
+    }
+    // One upgrade per connection: hyper hands the socket over with it.
+    let Some(mut admission) = slot.take() else {
+        return (StatusCode::BAD_REQUEST, "this connection was upgraded already").into_response();
     };
+    admission.upgraded();
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = crate::auth::token_from(query.as_deref(), authorization);
     // A refused token still gets the upgrade, so a browser client can read

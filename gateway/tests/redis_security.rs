@@ -24,6 +24,7 @@ async fn gateway(env: &[(&str, &str)], log: &Path) -> (Process, std::net::Socket
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.env("GATEWAY_LISTEN", addr.to_string())
         .env("GATEWAY_REDIS_BACKOFF_MAX_MS", "200")
+        .env("GATEWAY_PUBLISH_INSECURE", "true")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());

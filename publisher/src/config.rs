@@ -79,8 +79,11 @@ pub struct Config {
     pub redis_backoff_max_ms: u64,
     /// On SIGTERM, buffered order updates are flushed for at most this long.
     pub drain_ms: u64,
-    /// Bearer key that `POST /publish` requires; empty leaves it open.
+    /// Bearer key that `POST /publish` requires; empty closes the endpoint
+    /// unless `publish_insecure` opens it.
     pub publish_api_key: String,
+    /// Opens `POST /publish` without a key to anyone who reaches the port.
+    pub publish_insecure: bool,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             redis_backoff_max_ms: 2_000,
             drain_ms: 5_000,
             publish_api_key: String::new(),
+            publish_insecure: false,
         }
     }
 }
@@ -303,7 +307,7 @@ mod tests {
             let env = format!("# env {ENV_PREFIX}_{}", key.to_uppercase());
             assert!(text.contains(&env), "{key} lacks its env var comment");
         }
-        assert_eq!(table.len(), 23, "every key of Config is in the example");
+        assert_eq!(table.len(), 24, "every key of Config is in the example");
     }
 
     #[test]

@@ -56,8 +56,11 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Re
 /// answers `{"topic", "seq"}`.
 pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !wire::publish::bearer_matches(authorization, &shared.config.publish_api_key) {
-        return refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong Bearer key");
+    let cfg = &shared.config;
+    if let Err(denied) = wire::publish::authorize(authorization, &cfg.publish_api_key, cfg.publish_insecure) {
+        let status = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
+        let (code, message) = denied.explain();
+        return refuse(status, code, message);
     }
     let req = match wire::publish::parse(&body) {
         Ok(req) => req,

@@ -82,8 +82,8 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Ser
         order_rate = cfg.order_rate,
         "publisher listening"
     );
-    if cfg.publish_api_key.is_empty() {
-        tracing::warn!("POST /publish is open to anyone who reaches this port; set publish_api_key");
+    if cfg.publish_api_key.is_empty() && cfg.publish_insecure {
+        tracing::warn!("POST /publish is open to anyone who reaches this port (publish_insecure)");
     }
     let app = router(Arc::clone(shared));
     let http = tokio::spawn(

@@ -116,3 +116,15 @@ async fn readyz_is_503_while_redis_is_away() {
     assert_eq!((status, json(&body)["error"]["code"].as_str()), (503, Some("backplane_unavailable")));
     running.stop().await;
 }
+
+#[tokio::test]
+async fn publish_is_closed_without_a_key_unless_opened() {
+    let prefix = unique_prefix();
+    let running = start(Config { publish_insecure: false, ..test_config(&prefix) }).await;
+    let (status, reply) =
+        http(running.local_addr(), "POST", "/publish", Some(r#"{"topic":"quotes.A","data":{}}"#)).await;
+    assert_eq!((status, json(&reply)["error"]["code"].as_str()), (403, Some("forbidden")), "{reply}");
+    assert!(json(&reply)["error"]["message"].as_str().is_some_and(|m| m.contains("publish_api_key")));
+    running.stop().await;
+    cleanup(&prefix).await;
+}

@@ -107,6 +107,8 @@ pub fn memory_config() -> Config {
         drain_ms: 1_000,
         unsubscribe_grace_ms: 50,
         demo: gateway::config::Switch::Off,
+        // Tests publish over HTTP from loopback without a key.
+        publish_insecure: true,
         ..Config::default()
     }
 }
@@ -137,6 +139,22 @@ impl Client {
         let welcome = client.frame().await;
         assert_eq!(welcome.kind, "welcome");
         client
+    }
+
+    /// Connects to `addr` from the loopback address `source` (tests that
+    /// tell clients apart by address); the handshake's error, if refused.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = socket.connect(addr).await.map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        let mut client = Client { ws };
+        assert_eq!(client.frame().await.kind, "welcome");
+        Ok(client)
     }
 
     pub async fn send(&mut self, text: &str) {

@@ -274,6 +274,7 @@ impl GatewayNode {
             ("GATEWAY_CHANNEL_PREFIX".into(), prefix.into()),
             ("GATEWAY_REDIS_BACKOFF_MAX_MS".into(), "200".into()),
             ("GATEWAY_REDIS_TIMEOUT_MS".into(), "2000".into()),
+            ("GATEWAY_PUBLISH_INSECURE".into(), "true".into()),
             ("RUST_LOG".into(), "info".into()),
             ("NO_COLOR".into(), "1".into()),
         ];
@@ -411,6 +412,7 @@ impl PublisherProcess {
             .env("PUBLISHER_ORDER_RATE", "0")
             .env("PUBLISHER_FILL_DELAY_MS", "20")
             .env("PUBLISHER_REDIS_BACKOFF_MAX_MS", "200")
+            .env("PUBLISHER_PUBLISH_INSECURE", "true")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         for (k, v) in env {

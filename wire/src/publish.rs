@@ -52,14 +52,50 @@ pub fn parse(body: &[u8]) -> Result<PublishRequest<'_>, (ErrorCode, String)> {
     Ok(PublishRequest { topic, data: req.data, traceparent: req.traceparent, id: req.id })
 }
 
-/// Whether an `Authorization` header carries `Bearer <key>`; an empty key
-/// means the endpoint is open. Compared in constant time.
-pub fn bearer_matches(authorization: Option<&str>, key: &str) -> bool {
+/// Why a `POST /publish` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No key is configured and the endpoint was not opened: closed to all.
+    Closed,
+    /// A key is configured and the request did not carry it.
+    WrongKey,
+}
+
+impl Denied {
+    /// The HTTP status a service answers with: 403 closed, 401 wrong key.
+    pub fn status(self) -> u16 {
+        match self {
+            Denied::Closed => 403,
+            Denied::WrongKey => 401,
+        }
+    }
+
+    /// The code and message a service answers with.
+    pub fn explain(self) -> (ErrorCode, &'static str) {
+        match self {
+            Denied::Closed => (
+                ErrorCode::Forbidden,
+                "POST /publish is closed: set publish_api_key (and send Authorization: Bearer <key>), \
+                 or publish_insecure = true to open it to anyone who reaches this port",
+            ),
+            Denied::WrongKey => (ErrorCode::Unauthorized, "missing or wrong Bearer key"),
+        }
+    }
+}
+
+/// Checks a `POST /publish` request's `Authorization` header: with a `key`
+/// configured it must carry `Bearer <key>` (compared in constant time);
+/// without one the endpoint is closed unless the operator opened it
+/// (`open`). Secure by default: anyone who reaches the port could
+/// otherwise push prices to every client.
+pub fn authorize(authorization: Option<&str>, key: &str, open: bool) -> Result<(), Denied> {
     if key.is_empty() {
-        return true;
+        return if open { Ok(()) } else { Err(Denied::Closed) };
     }
     let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let same = given.len() == key.len()
+        && given.bytes().zip(key.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same { Ok(()) } else { Err(Denied::WrongKey) }
 }
 
 #[cfg(test)]
@@ -83,11 +119,15 @@ mod tests {
     }
 
     #[test]
-    fn bearer_keys() {
-        assert!(bearer_matches(None, ""));
-        assert!(bearer_matches(Some("Bearer k"), "k"));
-        assert!(!bearer_matches(Some("Bearer x"), "k"));
-        assert!(!bearer_matches(Some("k"), "k"));
-        assert!(!bearer_matches(None, "k"));
+    fn bearer_keys_and_a_closed_default() {
+        assert_eq!(authorize(None, "", false), Err(Denied::Closed), "no key, not opened: closed");
+        assert_eq!(authorize(Some("Bearer x"), "", false), Err(Denied::Closed));
+        assert_eq!(authorize(None, "", true), Ok(()), "opened explicitly");
+        assert_eq!(authorize(Some("Bearer k"), "k", false), Ok(()));
+        assert_eq!(authorize(Some("Bearer k"), "k", true), Ok(()));
+        assert_eq!(authorize(None, "k", true), Err(Denied::WrongKey), "a key wins over open");
+        assert_eq!(authorize(Some("Bearer x"), "k", false), Err(Denied::WrongKey));
+        assert_eq!(authorize(Some("k"), "k", false), Err(Denied::WrongKey));
+        assert_eq!(authorize(Some("Bearer kk"), "k", false), Err(Denied::WrongKey));
     }
 }

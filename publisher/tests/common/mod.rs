@@ -34,6 +34,7 @@ pub fn test_config(prefix: &str) -> Config {
         fill_delay_ms: 10,
         redis_backoff_max_ms: 200,
         drain_ms: 5_000,
+        publish_insecure: true,
         ..Config::default()
     }
 }
