@@ -169,6 +169,9 @@ try {
     return a && a !== "–" ? a : null;
   });
   console.log(`connected to node ${first.node} as ${account}`);
+  if (!args.token) {
+    check(!(await page.locator("#token-form").isVisible()), "the token form shows on a node that hands out demo tokens");
+  }
 
   step("the AAPL row ticks with the feed's values");
   await until("AAPL updates", async () => (await count("AAPL")) >= 3);
