@@ -55,16 +55,20 @@ log "base images"
 eval "$("$HERE/local-images.sh" all)"
 printf '    builder %s, runtime base %s\n' "$RUST_IMAGE" "$BASE_IMAGE"
 
+WORK="$(mktemp -d /tmp/rtgate-compose-test.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+
 log "building rtgate/{gateway,publisher,loadgen}:$TAG from the Dockerfile"
 for target in gateway publisher loadgen; do
     build_started=$SECONDS
-    docker_build -q --target "$target" -t "rtgate/$target:$TAG" \
-        --build-arg "RUST_IMAGE=$RUST_IMAGE" --build-arg "BASE_IMAGE=$BASE_IMAGE" "$ROOT" >/dev/null ||
+    if ! docker_build --target "$target" -t "rtgate/$target:$TAG" \
+        --build-arg "RUST_IMAGE=$RUST_IMAGE" --build-arg "BASE_IMAGE=$BASE_IMAGE" "$ROOT" >"$WORK/build-$target.log" 2>&1; then
+        tail -n 60 "$WORK/build-$target.log" >&2
         die "docker build --target $target failed"
+    fi
     printf '    %-9s %ds\n' "$target" "$((SECONDS - build_started))"
 done
 
-WORK="$(mktemp -d /tmp/rtgate-compose-test.XXXXXX)"
 PROJECT="rtgate-ct-$$"
 export RTGATE_TAG=$TAG RTGATE_IMAGE_PREFIX=rtgate RTGATE_BIND=127.0.0.1
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -82,6 +86,15 @@ standins() {
         "prometheus rtgate-local/prometheus" \
         "grafana rtgate-local/py python3 /opt/standins/grafana_standin.py"
 }
+describe() {
+    case $1 in
+        redis) echo "Debian's redis-server 7.0" ;;
+        lb) echo "Debian's haproxy 2.6" ;;
+        jaeger) [[ -n ${RTGATE_TEST_JAEGER_IMAGE:-} ]] && echo "RTGATE_TEST_JAEGER_IMAGE" || echo "OTLP receiver with Jaeger's query API, deploy/test/images/otlp_receiver.py" ;;
+        prometheus) echo "Debian's prometheus 2.42" ;;
+        grafana) echo "HTTP stand-in, deploy/test/images/grafana_standin.py: no dashboards rendered" ;;
+    esac
+}
 official_image() {
     "${COMPOSE_CMD[@]}" -f "$ROOT/docker-compose.yml" config |
         "$PY" -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["services"][sys.argv[1]]["image"])' "$1"
@@ -95,7 +108,7 @@ while read -r service standin command; do
         printf '    %-10s %s\n' "$service" "$image"
         continue
     fi
-    printf '    %-10s %s cannot be had here: STAND-IN %s\n' "$service" "$image" "$standin${command:+ ($command)}"
+    printf '    %-10s %s cannot be had here: STAND-IN %s (%s)\n' "$service" "$image" "$standin" "$(describe "$service")"
     printf '  %s:\n    image: %s\n' "$service" "$standin" >>"$OVERRIDE"
     if [[ -n $command ]]; then
         printf '    command: [%s]\n' "$(sed 's/ /, /g' <<<"$command")" >>"$OVERRIDE"
