@@ -188,7 +188,19 @@ class PodRunner:
         for m in container.get("volumeMounts", []):
             vol = volumes.get(m["name"])
             if m["name"] in claims or (vol and "emptyDir" in vol):
-                args += ["--tmpfs", f"{m['mountPath']}:mode=1777"]
+                # A host directory, not a tmpfs: Docker copies the image's
+                # mode and owner onto a tmpfs or volume mounted over an
+                # existing directory, which the kubelet does not do. With
+                # fsGroup, the kubelet makes the volume group-owned and
+                # group-writable (setgid); an emptyDir is otherwise 0777.
+                src = os.path.join(self.workdir, f"{pod_name}-{m['name']}")
+                os.makedirs(src, exist_ok=True)
+                if "fsGroup" in pod_sc:
+                    os.chown(src, 0, int(pod_sc["fsGroup"]))
+                    os.chmod(src, 0o2775)
+                else:
+                    os.chmod(src, 0o1777)
+                args += ["-v", f"{src}:{m['mountPath']}"]
             elif vol and "configMap" in vol:
                 src = os.path.join(self.workdir, f"{pod_name}-{m['name']}")
                 os.makedirs(src, exist_ok=True)
@@ -252,7 +264,8 @@ class PodRunner:
             time.sleep(10)
             status, code, _ = self.state(cname)
             if status == "running" or (status == "exited" and code == 0):
-                return f"no readiness probe; {status} after 10 s"
+                last = logs(cname).splitlines()[-1:] or ["(no output yet)"]
+                return f"no readiness probe; {status} after 10 s; last output: {last[0][:160]}"
             raise Failed(f"{cname} {status} with exit {code} (no probe):\n{logs(cname)}")
         time.sleep(probe.get("initialDelaySeconds", 0))
         while time.monotonic() < deadline:
@@ -363,7 +376,8 @@ def main():
                 time.sleep(0.5)
             out = logs(cname)
             ok = status == "exited" and code == 64 and "redis_ulr" in out.lower()
-            report("typo", ok, f"GATEWAY_REDIS_ULR set: {status}, exit {code}: {out.splitlines()[-1] if out else ''}")
+            last = out.splitlines()[-1][:160] if out else ""
+            report("typo", ok, f"GATEWAY_REDIS_ULR set: {status}, exit {code}: {last}")
     finally:
         runner.cleanup()
         sh("docker", "network", "rm", network, check=False)
