@@ -11,13 +11,19 @@ skips named ones and says so):
             on orders.<account> run to `filled`
   scale     `up --scale gateway=3`: the balancer sees three gateways up, and
             clients land on all three, each getting live quotes
+  metrics   Prometheus scrapes the three gateways and the publisher (found
+            by DNS: deploy/prometheus/prometheus.yml)
   failover  `docker kill` of one gateway while order updates are published
             (POST /publish through the balancer) on three topics: the
             killed node's clients reconnect through the balancer to another
             node with `since` and every client gets every update of every
             topic exactly once
+  load      the `load` profile's loadgen image, run through compose on the
+            stack's network (300 subscribers for 5 s, publishing through
+            the balancer): exit 0, every connection up, no loss
   traces    spans of gateway and publisher arrive at the jaeger service
             (Jaeger's query API: /api/services, /api/traces)
+  dashboard Grafana is up and lists the provisioned dashboard(s)
 
 Ends with a line `N passed, N failed, N skipped`; exits 1 if any failed.
 """
@@ -234,6 +240,25 @@ class Checks:
             for c in clients:
                 await c.close()
 
+    # -- metrics ------------------------------------------------------------
+
+    async def check_metrics(self):
+        prom = self.args.prometheus.rstrip("/")
+
+        def targets():
+            status, _, body = http(prom + "/api/v1/targets?state=active", timeout=3)
+            if status != 200:
+                return None
+            active = json.loads(body)["data"]["activeTargets"]
+            up = {}
+            for t in active:
+                if t.get("health") == "up":
+                    up.setdefault(t["labels"].get("job"), []).append(t["labels"].get("instance"))
+            return up if len(up.get("gateway", [])) >= 3 and up.get("publisher") else None
+
+        up = await wait_for("prometheus scraping 3 gateways and the publisher", targets, 60, 2)
+        return f"targets up: gateway {sorted(up['gateway'])}, publisher {up['publisher']}"
+
     # -- failover -----------------------------------------------------------
 
     async def check_failover(self):
@@ -316,6 +341,27 @@ class Checks:
             f"{sorted({c.node[:8] for c in dropped})}; all 9 got seq 1..{min(final.values())}+ of 3 topics, no gap, no duplicate"
         )
 
+    # -- load ---------------------------------------------------------------
+
+    async def check_load(self):
+        out = await asyncio.to_thread(
+            self.compose_run,
+            "--profile", "load", "run", "--rm", "-T", "loadgen",
+            "--allow-remote", "--url=ws://lb:8080/ws", "--source-ips=0",
+            "--connections=300", "--ramp=300", "--topics-per-conn=3", "--quote-topics=20",
+            "--publish-http=http://lb:8080/publish", "--publish-rate=200",
+            "--duration=5s", "--quiet", "--output=json",
+            timeout=120,
+        )  # fmt: skip
+        summary = json.loads(out[out.index("{"):])
+        conns, msgs = summary["connections"], summary["messages"]
+        if conns["established"] < 300:
+            raise Failed(f"{conns['established']} of 300 connections established: {conns}")
+        if msgs["received"] == 0 or msgs["lost"] or msgs["duplicates"]:
+            raise Failed(f"messages: {msgs}")
+        lat = summary["latency_ms"]
+        return f"300 connections, {msgs['received']} messages, lost 0, duplicates 0, latency mean {lat['mean']:.1f} ms, max {lat['max']:.1f} ms"
+
     # -- traces -------------------------------------------------------------
 
     async def check_traces(self):
@@ -334,8 +380,22 @@ class Checks:
             raise Failed("/api/traces?service=gateway returned no span")
         return f"services {sorted(names)}; {len(traces)} gateway trace(s), {spans} span(s)"
 
+    # -- dashboard ----------------------------------------------------------
+
+    async def check_dashboard(self):
+        grafana = self.args.grafana.rstrip("/")
+        await wait_for("grafana /api/health", lambda: http(grafana + "/api/health", timeout=3)[0] == 200, 60, 2)
+        status, _, body = http(grafana + "/api/search?type=dash-db", timeout=5)
+        if status != 200:
+            raise Failed(f"/api/search answered {status}: {body[:200]!r}")
+        found = json.loads(body)
+        titles = [d.get("title") for d in found if d.get("title")]
+        if not titles:
+            raise Failed(f"no provisioned dashboard (deploy/grafana/dashboards/): {found}")
+        return f"dashboards {titles}"
+
     async def run(self):
-        for name in ("page", "quotes", "order", "scale", "failover", "traces"):
+        for name in ("page", "quotes", "order", "scale", "metrics", "failover", "load", "traces", "dashboard"):
             if name in self.skip:
                 print(f"SKIP  {name}  (COMPOSE_TEST_SKIP)", flush=True)
                 self.results.append((name, "skipped"))
@@ -417,6 +477,8 @@ def main():
     p.add_argument("--url", required=True, help="the balancer, e.g. http://127.0.0.1:8080")
     p.add_argument("--stats", required=True, help="haproxy's stats page")
     p.add_argument("--jaeger", required=True, help="the jaeger service's query/UI port")
+    p.add_argument("--prometheus", required=True, help="the prometheus service's port")
+    p.add_argument("--grafana", required=True, help="the grafana service's port")
     p.add_argument("--compose-cmd", required=True, help="JSON list: the compose command with -p and -f")
     ok = asyncio.run(Checks(p.parse_args()).run())
     sys.exit(0 if ok else 1)

@@ -3,8 +3,8 @@
 # local base images when missing, builds the three images from the
 # Dockerfile, brings docker-compose.yml up under a project name of its own
 # with every host port free-picked, runs deploy/test/check_stack.py
-# through the balancer (page, quotes, order, scale to 3, kill a gateway,
-# traces), and removes the containers, networks and volumes it made,
+# through the balancer (page, quotes, order, scale to 3, metrics, kill a
+# gateway, load, traces, dashboard), and removes the containers, networks and volumes it made,
 # whatever happens. The images it built stay, as the build cache.
 #
 #   deploy/test/compose-test.sh
@@ -12,7 +12,8 @@
 # Environment:
 #   COMPOSE="docker compose"        the compose to test with (default: v2 if
 #                                   installed, else docker-compose v1)
-#   COMPOSE_TEST_SKIP=page,traces   checks to skip (each is reported as skipped)
+#   COMPOSE_TEST_SKIP=page,traces   checks to skip (each is reported as skipped;
+#                                   names in deploy/test/check_stack.py)
 #   RTGATE_TEST_PYTHON=python3      a Python with `websockets` and `yaml`
 #   RTGATE_TEST_JAEGER_IMAGE=...    the OTLP receiver standing in for Jaeger
 #                                   when jaegertracing/jaeger cannot be had
@@ -158,5 +159,7 @@ compose_json="$("$PY" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${
     --url "http://127.0.0.1:$RTGATE_PORT" \
     --stats "http://127.0.0.1:$RTGATE_STATS_PORT" \
     --jaeger "http://127.0.0.1:$RTGATE_JAEGER_PORT" \
+    --prometheus "http://127.0.0.1:$RTGATE_PROMETHEUS_PORT" \
+    --grafana "http://127.0.0.1:$RTGATE_GRAFANA_PORT" \
     --compose-cmd "$compose_json"
 log "done"
