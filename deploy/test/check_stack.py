@@ -346,7 +346,7 @@ class Checks:
     async def check_load(self):
         out = await asyncio.to_thread(
             self.compose_run,
-            "--profile", "load", "run", "--rm", "-T", "loadgen",
+            "--profile", "load", "run", "--rm", "-T", "--no-deps", "loadgen",
             "--allow-remote", "--url=ws://lb:8080/ws", "--source-ips=0",
             "--connections=300", "--ramp=300", "--topics-per-conn=3", "--quote-topics=20",
             "--publish-http=http://lb:8080/publish", "--publish-rate=200",
