@@ -49,7 +49,7 @@ else
 fi
 log "with $("${COMPOSE_CMD[@]}" version | head -n1)"
 
-# shellcheck source=deploy/test/docker-build.sh
+# shellcheck source=docker-build.sh
 source "$HERE/docker-build.sh"
 
 log "base images"
@@ -112,7 +112,7 @@ while read -r service standin command; do
     printf '    %-10s %s cannot be had here: STAND-IN %s (%s)\n' "$service" "$image" "$standin" "$(describe "$service")"
     printf '  %s:\n    image: %s\n' "$service" "$standin" >>"$OVERRIDE"
     if [[ -n $command ]]; then
-        printf '    command: [%s]\n' "$(sed 's/ /, /g' <<<"$command")" >>"$OVERRIDE"
+        printf '    command: [%s]\n' "${command// /, }" >>"$OVERRIDE"
     fi
 done < <(standins)
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced: docker_build ARGS... builds with BuildKit where this machine
 # has it: buildx when installed, else a 20.10 client (Debian's docker.io,
 # BuildKit built in) at /usr/bin/docker, else the classic builder. The

@@ -9,7 +9,8 @@
 #   deploy/test/local-images.sh standins  redis, haproxy, prometheus, OTLP receiver, grafana stand-ins
 #   deploy/test/local-images.sh all       all three
 #
-# Each step is skipped when its image exists. Prints nothing on stdout
+# The base and the builder are made only when missing; the stand-ins are
+# rebuilt from the layer cache every time. Prints nothing on stdout
 # but the image names it settled on, as VAR=value lines (sourced by
 # compose-test.sh): RUST_IMAGE, BASE_IMAGE and the stand-ins' names.
 #
@@ -35,7 +36,7 @@ die() {
 }
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
-# shellcheck source=deploy/test/docker-build.sh
+# shellcheck source=docker-build.sh
 source "$HERE/docker-build.sh"
 
 try_pull() { timeout "$PULL_TIMEOUT" docker pull -q "$1" >/dev/null 2>&1; }
@@ -104,14 +105,13 @@ make_rust() {
     printf '%s' "$RUST_LOCAL"
 }
 
-# standin NAME: builds rtgate-local/NAME from images/NAME.Dockerfile.
+# standin NAME: builds rtgate-local/NAME from images/NAME.Dockerfile,
+# every time (the layer cache makes an unchanged one a second's work, and
+# a changed stand-in script is picked up).
 standin() {
     local name=$1 tag="rtgate-local/$1"
-    if ! have "$tag"; then
-        log "making $tag"
-        docker_build -q -t "$tag" --build-arg "BASE_IMAGE=$BASE_IMAGE" -f "$IMAGES/$name.Dockerfile" "$IMAGES" >/dev/null ||
-            die "building $tag failed"
-    fi
+    docker_build -q -t "$tag" --build-arg "BASE_IMAGE=$BASE_IMAGE" -f "$IMAGES/$name.Dockerfile" "$IMAGES" >/dev/null ||
+        die "building $tag failed"
 }
 
 make_standins() {

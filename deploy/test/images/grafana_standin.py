@@ -10,7 +10,9 @@ and the dashboard files parse.
 import glob
 import json
 import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from jsonhttp import JsonHandler
 
 PROVISIONING = "/etc/grafana/provisioning"
 DASHBOARDS = "/var/lib/grafana/dashboards"
@@ -28,7 +30,7 @@ def dashboards():
     return found
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     def do_GET(self):
         if self.path == "/api/health":
             self.json({"database": "ok", "version": "standin", "provisioning": os.path.isdir(PROVISIONING)})
@@ -37,16 +39,6 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
 
-    def json(self, doc):
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_):
-        pass
 
 
 if __name__ == "__main__":

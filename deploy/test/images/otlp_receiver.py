@@ -17,10 +17,11 @@ import collections
 import json
 import threading
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import grpc
+from jsonhttp import JsonHandler
 
 MAX_SPANS = 20_000
 SPANS = collections.deque(maxlen=MAX_SPANS)  # (service, trace_id, span_id, parent_id, name)
@@ -159,7 +160,7 @@ def grpc_server():
     return server
 
 
-class OtlpHttp(BaseHTTPRequestHandler):
+class OtlpHttp(JsonHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path == "/v1/traces":
@@ -179,11 +180,9 @@ class OtlpHttp(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, *_):
-        pass
 
 
-class Query(BaseHTTPRequestHandler):
+class Query(JsonHandler):
     def do_GET(self):
         url = urlparse(self.path)
         with LOCK:
@@ -227,16 +226,6 @@ class Query(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
 
-    def json(self, doc):
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_):
-        pass
 
 
 def main():
