@@ -18,7 +18,7 @@ command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || missing+=
 command -v curl >/dev/null || missing+=(curl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
-python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+dpkg -s python3-venv >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
