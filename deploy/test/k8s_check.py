@@ -13,6 +13,9 @@
             its pods, and answers its own readiness probe; a container with
             no probe (the loadgen Job) must still be running, or have exited
             0, after 10 s
+  wiring    the pods reach each other by Service name with the Secret's
+            values: the loadgen Job's connections are on the gateway, and
+            its pod 0's POST /publish was accepted by the publisher
   typo      the same gateway pod with one misspelt GATEWAY_ variable must
             stop at start with exit 64: the pods check would catch a typo
 
@@ -160,6 +163,9 @@ class PodRunner:
         pod_sc = spec.get("securityContext", {})
         sc = {**pod_sc, **container.get("securityContext", {})}
         env = self.cluster.env(container, pod_name, "0.0.0.0")
+        # The job controller gives each pod of an Indexed Job its index.
+        if kind == "Job" and self.cluster.by_kind["Job"][name]["spec"].get("completionMode") == "Indexed":
+            env.setdefault("JOB_COMPLETION_INDEX", "0")
         env.update(extra_env or {})
         cname = f"{self.network}-{pod_name}-{container['name']}"
         args = ["docker", "run", "-d", "--name", cname, "--network", self.network, "--hostname", pod_name]
@@ -284,6 +290,21 @@ class PodRunner:
             sh("docker", "rm", "-f", c, check=False)
 
 
+def metric(runner, cluster, deployment, name):
+    """The value of metric `name` on the running container of `deployment`."""
+    kind, dep, template, pod_name = next(w for w in cluster.workloads() if w[1] == deployment)
+    container = template["spec"]["containers"][0]
+    cname = f"{runner.network}-{pod_name}-{container['name']}"
+    _, _, ip = runner.state(cname)
+    port = container["ports"][0]["containerPort"]
+    with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise Failed(f"{deployment} /metrics has no {name}")
+
+
 def template_service(cluster, statefulset):
     return cluster.by_kind["StatefulSet"][statefulset]["spec"].get("serviceName", statefulset)
 
@@ -359,6 +380,25 @@ def main():
                     report(label, False, str(e))
             if name == "gateway":
                 gateway_template = (kind, name, template, pod_name)
+        # The pods agree with each other, not only with their images: the
+        # loadgen Job reached the gateway through its Service name, and its
+        # pod 0 published through the publisher's Service with the Secret's
+        # key (the publisher counts what POST /publish accepted).
+        # loadgen publishes once all its subscriptions are acknowledged
+        # (15,000 connections at 500/s: half a minute and more).
+        try:
+            deadline = time.monotonic() + 120
+            published = conns = 0.0
+            while time.monotonic() < deadline:
+                published = metric(runner, cluster, "publisher", "publisher_http_published_total")
+                conns = metric(runner, cluster, "gateway", "gateway_connections")
+                if published > 0:
+                    break
+                time.sleep(2)
+            ok = published > 0 and conns > 0
+            report("wiring", ok, f"loadgen pod 0 -> publisher: {published:.0f} published with the Secret's key; gateway holds {conns:.0f} loadgen connections")
+        except (Failed, OSError, ValueError) as e:
+            report("wiring", False, str(e))
         for note in sorted(set(runner.notes)):
             print(f"NOTE  {note}")
         if gateway_template is None:
