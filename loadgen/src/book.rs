@@ -67,6 +67,12 @@ const PARTIAL: usize = 1;
 const FILLED: usize = 2;
 const CANCELLED: usize = 3;
 
+/// Of the updates an order of `qty` owes, how many `counts` hold.
+fn owed_seen(counts: &[u8; 4], qty: u32) -> u64 {
+    let partial = if qty >= 2 { u64::from(counts[PARTIAL] > 0) } else { 0 };
+    u64::from(counts[NEW] > 0) + partial + u64::from(counts[FILLED] + counts[CANCELLED] > 0)
+}
+
 fn status_index(status: &str) -> Option<usize> {
     match status {
         "new" => Some(NEW),
@@ -127,6 +133,8 @@ pub enum Answer {
         error: Option<String>,
         /// Lifecycle updates the order now owes (0 unless accepted).
         owed: u64,
+        /// Of those, already arrived (updates may beat their reply).
+        arrived: u64,
     },
     /// Another answer for an order already answered.
     Duplicate,
@@ -307,12 +315,14 @@ impl Book {
         };
         let key: Box<str> = order_id.order_id.into();
         slot.order_id = Some(key.clone());
-        self.tracks.entry(key).or_default().slot = Some(n as u32);
+        let track = self.tracks.entry(key).or_default();
+        track.slot = Some(n as u32);
         Answer::First {
             sent_us,
             latency_us: now_us.saturating_sub(sent_us),
             error: None,
             owed: updates_owed(qty),
+            arrived: owed_seen(&track.counts, qty),
         }
     }
 
@@ -332,27 +342,36 @@ impl Book {
             latency_us: now_us.saturating_sub(slot.sent_us),
             error: Some(code.to_owned()),
             owed: 0,
+            arrived: 0,
         }
     }
 
-    /// A `message` frame on the account's topic; also says what its `seq`
-    /// was against the previous one (`None` without a seq).
+    /// A `message` frame on the account's topic. Also says what its `seq`
+    /// was against the previous one (`None` without a seq), and whether
+    /// it is one an accepted order owed (1) or not (0: a repeat, or an
+    /// update whose reply has not come yet; that reply then counts it).
     pub fn on_update(
         &mut self,
         seq: Option<u64>,
         ts_ms: Option<u64>,
         data: Option<&RawValue>,
         now_us: u64,
-    ) -> (Option<SeqCheck>, Update) {
+    ) -> (Option<SeqCheck>, Update, u64) {
         let check = seq.map(|s| check_seq(&mut self.last_seq, s));
         let Some(row) = data.and_then(|d| serde_json::from_str::<UpdateData>(d.get()).ok()) else {
-            return (check, Update::Invalid("order update without order_id and status"));
+            return (check, Update::Invalid("order update without order_id and status"), 0);
         };
         let Some(status) = status_index(&row.status) else {
-            return (check, Update::Invalid("order update with an unknown status"));
+            return (check, Update::Invalid("order update with an unknown status"), 0);
         };
         let track = self.tracks.entry(row.order_id.into()).or_default();
+        let qty = track.slot.and_then(|i| self.slots.get(i as usize)).map(|s| s.qty);
+        let before = qty.map(|q| owed_seen(&track.counts, q));
         track.counts[status] = track.counts[status].saturating_add(1);
+        let arrived = match (qty, before) {
+            (Some(q), Some(b)) => owed_seen(&track.counts, q) - b,
+            _ => 0,
+        };
         match status {
             NEW if track.counts[NEW] == 1 => {
                 track.new_ts_ms = ts_ms.unwrap_or(0);
@@ -363,7 +382,7 @@ impl Book {
         }
         let terminals = track.counts[FILLED] + track.counts[CANCELLED];
         let repeated = track.counts[status] > 1 || (matches!(status, FILLED | CANCELLED) && terminals > 1);
-        (check, if repeated { Update::Duplicate } else { Update::Unique })
+        (check, if repeated { Update::Duplicate } else { Update::Unique }, arrived)
     }
 
     /// Sequence numbers are per socket lifetime of the topic state: after
@@ -508,13 +527,14 @@ mod tests {
         // The `new` update may come before the reply that names the order.
         assert_eq!(
             b.on_update(Some(7), Some(1), Some(&update("ord-1", "new")), 5),
-            (Some(SeqCheck::First), Update::Unique)
+            (Some(SeqCheck::First), Update::Unique, 0),
+            "not owed yet: no reply has named the order"
         );
         let sent = b.slots[0].sent_us;
         match b.on_reply(Some(&id), Some(&accepted("ord-1")), sent + 900) {
-            Answer::First { latency_us, error: None, owed, .. } => {
+            Answer::First { latency_us, error: None, owed, arrived, .. } => {
                 assert_eq!(latency_us, 900);
-                assert_eq!(owed, updates_owed(qty));
+                assert_eq!((owed, arrived), (updates_owed(qty), 1), "the early `new` counts now");
             }
             other => panic!("{other:?}"),
         }
@@ -525,8 +545,8 @@ mod tests {
             );
         }
         let last = if qty >= 2 { 9 } else { 8 };
-        let (check, u) = b.on_update(Some(last), None, Some(&update("ord-1", "filled")), 7);
-        assert_eq!((check, u), (Some(SeqCheck::InOrder), Update::Unique));
+        let (check, u, arrived) = b.on_update(Some(last), None, Some(&update("ord-1", "filled")), 7);
+        assert_eq!((check, u, arrived), (Some(SeqCheck::InOrder), Update::Unique, 1));
         assert_eq!(b.finish(false).0, Final::default(), "complete and exactly once");
     }
 
@@ -563,21 +583,22 @@ mod tests {
         }
         assert!(matches!(b.on_reply(Some(&ok), Some(&accepted("ord-3")), 60), Answer::First { owed: 2, .. }));
         assert_eq!(b.on_update(Some(1), None, Some(&update("ord-3", "new")), 70).1, Update::Unique);
-        assert_eq!(b.on_update(Some(2), None, Some(&update("ord-3", "new")), 71).1, Update::Duplicate);
+        let (_, repeat, arrived) = b.on_update(Some(2), None, Some(&update("ord-3", "new")), 71);
+        assert_eq!((repeat, arrived), (Update::Duplicate, 0), "a repeat is owed nothing");
         // The timed-out order was served after all: its updates name an
         // order no reply of ours did.
         assert_eq!(
             b.on_update(Some(4), None, Some(&update("ord-2", "new")), 72),
-            (Some(SeqCheck::Gap(1)), Update::Unique)
+            (Some(SeqCheck::Gap(1)), Update::Unique, 0),
+            "an orphan is owed by no order: the drain must not wait on it, nor count it"
         );
         assert_eq!(
             b.on_update(Some(4), None, Some(&update("ord-2", "filled")), 73).0,
             Some(SeqCheck::Duplicate)
         );
-        assert_eq!(
-            b.on_update(Some(5), None, Some(&update("ord-3", "partially_filled")), 74).1,
-            Update::Unique
-        );
+        let (_, partial, arrived) =
+            b.on_update(Some(5), None, Some(&update("ord-3", "partially_filled")), 74);
+        assert_eq!((partial, arrived), (Update::Unique, 0), "quantity 1 owes no partial fill");
         assert!(matches!(b.on_update(Some(6), None, Some(&raw(r#"{"x":1}"#)), 75).1, Update::Invalid(_)));
         assert!(matches!(
             b.on_update(Some(7), None, Some(&update("ord-3", "expired")), 76).1,

@@ -504,11 +504,12 @@ impl Orders<'_> {
                 return Event::Acked;
             }
             "message" => {
-                let (check, update) = self.book.on_update(frame.seq, frame.ts, frame.data.as_deref(), now);
+                let (check, update, arrived) =
+                    self.book.on_update(frame.seq, frame.ts, frame.data.as_deref(), now);
                 if let Update::Invalid(why) = update {
                     stats.error(why);
                 }
-                stats.orders.update(conn, check, &update);
+                stats.orders.update(conn, check, &update, arrived);
             }
             _ => {}
         }

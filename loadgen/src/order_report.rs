@@ -350,6 +350,7 @@ mod tests {
             updates: 3 * sent,
             updates_owed: 3 * sent,
             updates_unique: 3 * sent,
+            updates_arrived: 3 * sent,
             ..OrderCounters::default()
         }
     }

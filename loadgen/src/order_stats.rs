@@ -56,6 +56,10 @@ pub struct OrderCounters {
     pub updates_owed: u64,
     /// First arrivals of an (order, status).
     pub updates_unique: u64,
+    /// Of the updates owed, those that arrived (the drain waits for all;
+    /// updates of orders no reply named are not among them).
+    #[serde(default)]
+    pub updates_arrived: u64,
     /// Repeats of an (order, status), or a second terminal status.
     pub duplicate_updates: u64,
     /// Updates that are not lifecycle rows (no order id, unknown status,
@@ -90,6 +94,7 @@ impl OrderCounters {
         self.updates += o.updates;
         self.updates_owed += o.updates_owed;
         self.updates_unique += o.updates_unique;
+        self.updates_arrived += o.updates_arrived;
         self.duplicate_updates += o.duplicate_updates;
         self.invalid_updates += o.invalid_updates;
         self.seq_gaps += o.seq_gaps;
@@ -103,7 +108,7 @@ impl OrderCounters {
     /// Every order sent is answered and every update owed arrived (the
     /// drain can end).
     pub fn all_in(&self) -> bool {
-        self.answered >= self.sent && self.updates_unique >= self.updates_owed
+        self.answered >= self.sent && self.updates_arrived >= self.updates_owed
     }
 }
 
@@ -241,10 +246,11 @@ impl OrderStats {
             self.codes.lock().unwrap_or_else(PoisonError::into_inner).record(code, 1);
         }
         self.with(conn, |s| match answer {
-            Answer::First { latency_us, error: None, owed, .. } => {
+            Answer::First { latency_us, error: None, owed, arrived, .. } => {
                 s.c.answered += 1;
                 s.c.replied += 1;
                 s.c.updates_owed += owed;
+                s.c.updates_arrived += arrived;
                 s.steps[step].replied += 1;
                 s.steps[step].latency_us.saturating_record((*latency_us).max(1));
             }
@@ -261,9 +267,11 @@ impl OrderStats {
         });
     }
 
-    pub fn update(&self, conn: u64, check: Option<SeqCheck>, update: &Update) {
+    /// An update; `arrived` is 1 when it is one an accepted order owed.
+    pub fn update(&self, conn: u64, check: Option<SeqCheck>, update: &Update, arrived: u64) {
         self.with(conn, |s| {
             s.c.updates += 1;
+            s.c.updates_arrived += arrived;
             match check {
                 Some(SeqCheck::Gap(n)) => s.c.seq_gaps += n,
                 Some(SeqCheck::Duplicate) => s.c.seq_duplicates += 1,
@@ -363,7 +371,7 @@ mod tests {
     use super::*;
 
     fn first(latency_us: u64, error: Option<&str>, owed: u64) -> Answer {
-        Answer::First { sent_us: 0, latency_us, error: error.map(str::to_owned), owed }
+        Answer::First { sent_us: 0, latency_us, error: error.map(str::to_owned), owed, arrived: 0 }
     }
 
     #[test]
@@ -393,13 +401,34 @@ mod tests {
     }
 
     #[test]
+    fn the_drain_waits_for_owed_updates_not_for_orphans() {
+        let stats = OrderStats::new(1, 0, false);
+        stats.placed(1, 10, 0);
+        stats.answered(
+            1,
+            &Answer::First { sent_us: 10, latency_us: 5, error: None, owed: 3, arrived: 1 },
+            15,
+        );
+        // Updates of an order no reply named (a timed-out one, served
+        // anyway) are unique but owed by nobody.
+        for _ in 0..5 {
+            stats.update(1, Some(SeqCheck::InOrder), &Update::Unique, 0);
+        }
+        assert!(!stats.counters().all_in(), "{:?}", stats.counters());
+        stats.update(1, Some(SeqCheck::InOrder), &Update::Unique, 1);
+        assert!(!stats.counters().all_in());
+        stats.update(1, Some(SeqCheck::InOrder), &Update::Unique, 1);
+        assert!(stats.counters().all_in());
+    }
+
+    #[test]
     fn updates_and_verdicts_add_up() {
         let stats = OrderStats::new(1, 0, true);
-        stats.update(4, Some(SeqCheck::First), &Update::Unique);
-        stats.update(4, Some(SeqCheck::Gap(2)), &Update::Unique);
-        stats.update(5, Some(SeqCheck::Duplicate), &Update::Duplicate);
-        stats.update(5, None, &Update::Invalid("no seq"));
-        stats.update(5, Some(SeqCheck::InOrder), &Update::Invalid("bad row"));
+        stats.update(4, Some(SeqCheck::First), &Update::Unique, 0);
+        stats.update(4, Some(SeqCheck::Gap(2)), &Update::Unique, 0);
+        stats.update(5, Some(SeqCheck::Duplicate), &Update::Duplicate, 0);
+        stats.update(5, None, &Update::Invalid("no seq"), 0);
+        stats.update(5, Some(SeqCheck::InOrder), &Update::Invalid("bad row"), 0);
         let row = TraceRow {
             conn: 4,
             n: 0,

@@ -415,7 +415,7 @@ impl StatusLine {
                 n(o.errors),
                 n(o.timeouts),
                 n(o.duplicate_replies + o.duplicate_updates),
-                n(o.updates_unique),
+                n(o.updates_arrived),
                 n(o.updates_owed)
             );
         }
