@@ -24,3 +24,33 @@ wait_idle() {
     [ "$idle" -ge "$IDLE_MIN" ] || [ "$waited" -ge "$IDLE_WAIT" ] && break
   done
 }
+
+# A free TCP port on 127.0.0.1 (the kernel's pick).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Waits until http://127.0.0.1:$1/readyz answers 200; else prints the
+# tail of $OUT/$2.log and exits.
+wait_ready() {
+  for _ in $(seq 1 80); do
+    curl -s -m 1 -o /dev/null -f "http://127.0.0.1:$1/readyz" && return 0
+    sleep 0.25
+  done
+  echo "$2 on port $1 not ready; its log:" >&2
+  tail -20 "$OUT/$2.log" >&2
+  exit 1
+}
+
+# Starts a private redis-server (no persistence) on a free port with its
+# log in $OUT; sets REDIS_OWN (its pid) and REDIS (its URL). $NICE
+# (an array, possibly empty) prefixes the command.
+start_private_redis() {
+  local rport
+  rport=$(free_port)
+  "${NICE[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no \
+    --dir "$OUT" >"$OUT/redis.log" 2>&1 &
+  REDIS_OWN=$!
+  REDIS=redis://127.0.0.1:$rport
+  for _ in $(seq 1 40); do redis-cli -p "$rport" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "private redis-server on $rport did not start" >&2
+  exit 1
+}

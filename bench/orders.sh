@@ -114,17 +114,6 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 1 80); do
-    curl -s -m 1 -o /dev/null -f "http://127.0.0.1:$1/readyz" && return 0
-    sleep 0.25
-  done
-  echo "$2 on port $1 not ready; its log:" >&2
-  tail -20 "$OUT/$2.log" >&2
-  exit 1
-}
-
 # shellcheck source=bench/common.sh
 . "$ROOT/bench/common.sh"
 wait_idle
@@ -132,14 +121,7 @@ machine before >"$OUT/machine.txt"
 echo "idle_before=${idle}% waited=${waited}s" >>"$OUT/machine.txt"
 
 REDIS_OWN=""
-if [ $PRIVATE_REDIS = 1 ]; then
-  rport=$(free_port)
-  "${NICE[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no \
-    --dir "$OUT" >"$OUT/redis.log" 2>&1 &
-  REDIS_OWN=$!
-  REDIS=redis://127.0.0.1:$rport
-  for _ in $(seq 1 40); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
-fi
+[ $PRIVATE_REDIS = 1 ] && start_private_redis
 export REDIS
 REDIS_PID=$(redis-cli -u "$REDIS" info server | tr -d '\r' | awk -F: '/^process_id:/{print $2}')
 [ -n "$REDIS_PID" ] && echo "$REDIS_PID" >"$OUT/pids/redis.pid"

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Summarises one bench/orders.sh output directory.
+"""Summarises one bench/orders.sh output directory (or, with `service
+OUTDIR`, one bench/order_service.sh directory: how fast the order service
+alone drained a pre-filled request stream).
 
 Prints (and writes OUTDIR/result.json):
   * loadgen's figures: orders/s asked and replied, reply p50/p90/p99/p99.9/
@@ -126,27 +128,10 @@ def main(out):
               "Redis round trip (XLEN) median %.2f ms max %.2f ms"
               % (statistics.median(lags), max(lags), statistics.median(pend), max(pend),
                  statistics.median(rtts) if rtts else float("nan"), max(rtts) if rtts else float("nan")))
-    before, after = os.path.join(out, "commandstats-before.txt"), os.path.join(out, "commandstats-after.txt")
-    if os.path.exists(before) and os.path.exists(after) and o.get("sent"):
-        def stats(path):
-            d = {}
-            for line in open(path):
-                if line.startswith("cmdstat_"):
-                    name, rest = line.strip()[8:].split(":", 1)
-                    kv = dict(x.split("=") for x in rest.split(","))
-                    d[name] = (int(kv["calls"]), float(kv["usec"]))
-            return d
-        b, a = stats(before), stats(after)
-        per = {}
-        for name, (calls, usec) in a.items():
-            c0, u0 = b.get(name, (0, 0.0))
-            if calls - c0 > 0:
-                per[name] = {"calls": calls - c0, "per_order": (calls - c0) / o["sent"],
-                             "usec_per_call": (usec - u0) / (calls - c0), "usec_total": usec - u0}
-        res["redis_commands"] = per
-        top = sorted(per.items(), key=lambda kv: -kv[1]["usec_total"])[:10]
-        print("redis commands during the run (whole Redis, others included): "
-              + "; ".join("%s %.2f/order %.1f us/call" % (k, v["per_order"], v["usec_per_call"]) for k, v in top))
+    if o.get("sent"):
+        per = redis_commands(out, o["sent"])
+        if per is not None:
+            res["redis_commands"] = per
     # Per-second table over the whole measured phase.
     print("  t(s)   lag  pending  read/s  " + "  ".join("%9s" % n for n in names))
     table = []
@@ -207,6 +192,99 @@ def main(out):
     mon = os.path.join(out, "monitor.txt")
     if os.path.exists(mon):
         res["monitor"] = monitor_cycles(mon)
+    json.dump(res, open(os.path.join(out, "result.json"), "w"), indent=1)
+
+
+def redis_commands(out, per_what_count, what="order"):
+    """Redis commands between commandstats-before/after, per order."""
+    before, after = os.path.join(out, "commandstats-before.txt"), os.path.join(out, "commandstats-after.txt")
+    if not (os.path.exists(before) and os.path.exists(after)):
+        return None
+
+    def stats(path):
+        d = {}
+        for line in open(path):
+            if line.startswith("cmdstat_"):
+                name, rest = line.strip()[8:].split(":", 1)
+                kv = dict(x.split("=") for x in rest.split(","))
+                d[name] = (int(kv["calls"]), float(kv["usec"]))
+        return d
+
+    b, a = stats(before), stats(after)
+    per = {}
+    for name, (calls, usec) in a.items():
+        c0, u0 = b.get(name, (0, 0.0))
+        if calls - c0 > 0:
+            per[name] = {"calls": calls - c0, "per_" + what: (calls - c0) / per_what_count,
+                         "usec_per_call": (usec - u0) / (calls - c0), "usec_total": usec - u0}
+    top = sorted(per.items(), key=lambda kv: -kv[1]["usec_total"])[:10]
+    # Commands a script runs are counted under their own names too (and
+    # their time inside the script's), so the figures do not add up.
+    print("redis commands (a shared Redis counts its other users too; a script's commands count twice): "
+          + "; ".join("%s %.2f/%s %.1f us/call" % (k, v["per_" + what], what, v["usec_per_call"]) for k, v in top))
+    return per
+
+
+def service(out):
+    rows = [json.loads(line) for line in open(os.path.join(out, "samples.jsonl")) if line.strip()]
+    rows.sort(key=lambda r: r["t"])
+    count = int(open(os.path.join(out, "command.txt")).read().split(" -n ")[1].split()[0])
+    started = int(open(os.path.join(out, "started_ms")).read())
+    drained = int(open(os.path.join(out, "drained_ms")).read())
+    reading = [r for r in rows if (r.get("entries_read") or 0) > 0]
+    if not reading:
+        print("the order service read nothing")
+        return
+    t_first = reading[0]["t"]
+    done = next((r for r in reading if r.get("lag") == 0), reading[-1])
+    read_s = max((done["t"] - t_first) / 1000, 1e-3)
+    rate = (done["entries_read"] or 0) / read_s
+    peak = 0.0
+    for a in reading:
+        b = next((r for r in reading if r["t"] >= a["t"] + 1000), None)
+        if b is None:
+            break
+        peak = max(peak, (b["entries_read"] - a["entries_read"]) / ((b["t"] - a["t"]) / 1000))
+    res = {"requests": count, "read_seconds": read_s, "served_per_s": rate, "peak_1s_per_s": peak,
+           "start_to_drained_s": (drained - started) / 1000}
+    served = skipped = updates = 0.0
+    codes = {}
+    for path in sorted(os.listdir(out)):
+        if path.startswith("metrics-publisher-"):
+            for line in open(os.path.join(out, path)):
+                parts = line.split()
+                if len(parts) != 2:
+                    continue
+                if parts[0] == "publisher_requests_served_total":
+                    served += float(parts[1])
+                elif parts[0] == "publisher_requests_skipped_total":
+                    skipped += float(parts[1])
+                elif parts[0] == "publisher_order_updates_published_total":
+                    updates += float(parts[1])
+                elif parts[0].startswith("publisher_replies_total{"):
+                    code = parts[0].split('code="')[1].split('"')[0]
+                    codes[code] = codes.get(code, 0) + float(parts[1])
+    res.update({"served": served, "skipped": skipped, "updates_written": updates, "codes": codes})
+    print("order service: %d requests read in %.2f s = %.0f requests/s (peak 1 s: %.0f/s); start to fully drained"
+          " (updates written) %.2f s; served %d, skipped %d, replies %s, lifecycle updates written %d"
+          % (count, read_s, rate, peak, res["start_to_drained_s"], served, skipped, codes, updates))
+    cpu = {}
+    for name in sorted({n for r in rows for n in r.get("cpu_ticks", {})}):
+        series = [(r["t"], r["cpu_ticks"][name]) for r in rows if name in r.get("cpu_ticks", {})]
+        a, b = interp(series, t_first), interp(series, done["t"])
+        if a is not None and b is not None:
+            cpu[name] = (b - a) / CLK / read_s
+    busy = [(r["t"], r["busy_ticks"]) for r in rows]
+    machine_busy = (interp(busy, done["t"]) - interp(busy, t_first)) / CLK / read_s
+    res["cpu_cores"] = cpu
+    res["us_per_request"] = {k: v * 1e6 / rate for k, v in cpu.items()}
+    res["others_cores"] = machine_busy - sum(cpu.values())
+    print("cpu while reading (cores): %s; machine busy %.2f, others %.2f; per request: %s"
+          % (", ".join("%s %.2f" % kv for kv in sorted(cpu.items())), machine_busy, res["others_cores"],
+             ", ".join("%s %.0f us" % (k, v) for k, v in sorted(res["us_per_request"].items()))))
+    per = redis_commands(out, count, "request")
+    if per is not None:
+        res["redis_commands"] = per
     json.dump(res, open(os.path.join(out, "result.json"), "w"), indent=1)
 
 
@@ -327,4 +405,7 @@ def monitor_cycles(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else ".")
+    if len(sys.argv) > 2 and sys.argv[1] == "service":
+        service(sys.argv[2])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else ".")

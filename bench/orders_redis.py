@@ -19,6 +19,11 @@ RESP client over a socket, so sampling does not fork redis-cli).
       After DELAY_S, records Redis MONITOR for SECONDS into
       OUTDIR/monitor.txt (every command with its µs timestamp and client
       address; costly for Redis, so only on a private one, -M).
+  orders_redis.py prefill STREAM COUNT NODE ACCOUNTS
+      XADDs COUNT valid order requests (as a gateway would: corr, node
+      NODE, account TRD<i mod ACCOUNTS>, an order on AAPL/MSFT, ts now),
+      pipelined, so an order service can be timed draining them without
+      any gateway in front (bench/order_service.sh).
   orders_redis.py cleanup PREFIX
       Deletes every key under PREFIX (SCAN + UNLINK), so runs do not
       leave history streams behind in the shared Redis.
@@ -209,6 +214,26 @@ def monitor(out, delay, seconds):
     print("monitor: %d commands in %.1f s" % (n, seconds), file=sys.stderr)
 
 
+def prefill(stream, count, node, accounts):
+    r = Resp(os.environ.get("REDIS", "redis://127.0.0.1:6379"))
+    now = int(time.time() * 1000)
+    batch = 1000
+    t0 = time.time()
+    for start in range(0, count, batch):
+        out = []
+        for i in range(start, min(count, start + batch)):
+            req = json.dumps({"corr": "p%d" % i, "node": node, "account": "TRD%d" % (i % accounts),
+                              "order": {"symbol": ("AAPL", "MSFT")[i % 2], "side": ("buy", "sell")[i % 2],
+                                        "qty": 1 + i % 500, "price": 150.25},
+                              "ts": now}, separators=(",", ":"))
+            args = [b"XADD", stream.encode(), b"*", b"req", req.encode()]
+            out.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        r.sock.sendall(b"".join(out))
+        for _ in out:
+            r._read()
+    print("prefilled %d requests in %.1f s" % (count, time.time() - t0), file=sys.stderr)
+
+
 def cleanup(prefix):
     if not prefix or "*" in prefix or len(prefix) < 8:
         sys.exit("refusing to delete keys under %r" % prefix)
@@ -235,6 +260,8 @@ if __name__ == "__main__":
         commandstats(sys.argv[2])
     elif what == "monitor":
         monitor(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+    elif what == "prefill":
+        prefill(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
     elif what == "cleanup":
         cleanup(sys.argv[2])
     else:
