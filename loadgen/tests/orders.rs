@@ -334,3 +334,40 @@ async fn order_flags_are_checked_and_documented() {
         assert!(help.stdout.contains(needle), "--help lacks {needle:?}:\n{}", help.stdout);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_sweep_prints_the_request_reply_table() {
+    let stack = Stack::start(true, 15_000).await;
+    let csv = temp_path("orders-sweep.csv");
+    let csv_arg = csv.to_str().unwrap().to_owned();
+    let mut args = vec!["sweep", "--steps", "5,10", "--step-duration", "1s", "--step-pause", "200ms"];
+    args.extend(stack.args(&[
+        "--connections",
+        "0",
+        "--order-conns",
+        "1",
+        "--order-interval",
+        "50ms-100ms",
+        "--csv",
+        &csv_arg,
+        "--quiet",
+    ]));
+    let run = loadgen(&args).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert_eq!(lines[0], loadgen::order_report::CSV_HEADER);
+    let columns = loadgen::order_report::CSV_HEADER.split(',').count();
+    for (line, conns) in lines[1..].iter().zip(["5", "10"]) {
+        let cols: Vec<&str> = line.split(',').collect();
+        assert_eq!(cols.len(), columns, "{line}");
+        assert_eq!((cols[0], cols[1]), (conns, conns), "every order connection ready: {line}");
+        // 5 or 10 connections at 50–100 ms for 1 s.
+        assert!(cols[3].parse::<u64>().unwrap() >= 20, "orders: {line}");
+        assert!(cols[7].parse::<f64>().unwrap() > 0.0, "p90: {line}");
+        // timeouts, errors, lost, duplicates
+        assert_eq!(&cols[11..], ["0", "0", "0", "0"], "{line}");
+    }
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), run.stdout);
+    stack.cleanup().await;
+}
