@@ -54,3 +54,17 @@ start_private_redis() {
   echo "private redis-server on $rport did not start" >&2
   exit 1
 }
+
+# Stops the pids in PIDS: SIGTERM (they drain), then SIGKILL after 20 s.
+stop_pids() {
+  local p alive
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for _ in $(seq 1 80); do
+    alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.25
+  done
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  PIDS=()
+}

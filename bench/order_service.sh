@@ -25,6 +25,8 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 REPLICAS=1
 COUNT=100000
 OUT=""
@@ -53,15 +55,7 @@ REDIS_OWN=""
 stop_all() {
   touch "$OUT/.stop"
   [ -n "$SAMPLER" ] && wait "$SAMPLER" 2>/dev/null
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for _ in $(seq 1 80); do
-    alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.25
-  done
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  PIDS=()
+  stop_pids
   [ -n "$REDIS_OWN" ] && kill -TERM "$REDIS_OWN" 2>/dev/null
   REDIS_OWN=""
   wait 2>/dev/null
@@ -69,8 +63,6 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=bench/common.sh
-. "$ROOT/bench/common.sh"
 wait_idle
 machine before >"$OUT/machine.txt"
 echo "idle_before=${idle}% waited=${waited}s" >>"$OUT/machine.txt"

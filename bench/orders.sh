@@ -51,6 +51,8 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 REPLICAS=1
 NODES=1
 OUT=""
@@ -94,15 +96,7 @@ SAMPLER=""
 stop_all() {
   touch "$OUT/.stop"
   [ -n "$SAMPLER" ] && wait "$SAMPLER" 2>/dev/null
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for _ in $(seq 1 80); do
-    alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.25
-  done
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  PIDS=()
+  stop_pids
   if [ -n "${REDIS_OWN:-}" ]; then
     kill -TERM "$REDIS_OWN" 2>/dev/null
     REDIS_OWN=""
@@ -114,8 +108,6 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=bench/common.sh
-. "$ROOT/bench/common.sh"
 wait_idle
 machine before >"$OUT/machine.txt"
 echo "idle_before=${idle}% waited=${waited}s" >>"$OUT/machine.txt"

@@ -30,6 +30,9 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from analyze import at as interp  # noqa: E402  (bench/analyze.py: linear interpolation of a series)
+
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -38,18 +41,6 @@ def pct(values, q):
         return float("nan")
     v = sorted(values)
     return v[min(len(v) - 1, int(q * len(v)))]
-
-
-def interp(series, t):
-    """Value of a monotonic (t, v) series at time t (linear)."""
-    if not series:
-        return None
-    if t <= series[0][0]:
-        return series[0][1]
-    for (t0, v0), (t1, v1) in zip(series, series[1:]):
-        if t0 <= t <= t1:
-            return v0 + (v1 - v0) * (t - t0) / max(t1 - t0, 1)
-    return series[-1][1]
 
 
 def main(out):

@@ -202,7 +202,6 @@ impl OrderSummary {
 
     /// The order part of the readable table.
     pub fn table(&self, out: &mut String) {
-        let l = &self.latency_ms;
         let _ = writeln!(
             out,
             "  orders         connections {}  ready at start {}  pace {}",
@@ -219,17 +218,7 @@ impl OrderSummary {
             self.per_second,
             n(self.late_sends)
         );
-        let _ = writeln!(
-            out,
-            "  reply (ms)     p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}  ({} samples)",
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            l.mean,
-            n(l.samples)
-        );
+        let _ = writeln!(out, "  reply (ms)     {}", self.latency_ms.line());
         let _ = writeln!(
             out,
             "  answers        errors {}  timeouts {}  unanswered {}  duplicates {}  unknown {}{}",

@@ -273,17 +273,7 @@ impl Summary {
                 m.average_size,
                 n(m.recovered)
             );
-            let _ = writeln!(
-                out,
-                "  latency (ms)   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}  ({} samples)",
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
-                l.mean,
-                n(l.samples)
-            );
+            let _ = writeln!(out, "  latency (ms)   {}", l.line());
         }
         if let Some(o) = &self.orders {
             o.table(&mut out);
@@ -317,6 +307,20 @@ impl Summary {
 }
 
 impl LatencySummary {
+    /// `p50 … p90 … p99 … p99.9 … max … mean … (n samples)`, in ms.
+    pub fn line(&self) -> String {
+        format!(
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}  ({} samples)",
+            self.p50,
+            self.p90,
+            self.p99,
+            self.p999,
+            self.max,
+            self.mean,
+            n(self.samples)
+        )
+    }
+
     pub fn of(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         if h.is_empty() {

@@ -288,12 +288,7 @@ async fn a_repeated_or_foreign_update_fails_the_run() {
     assert_eq!(stack.gw.publish("orders.TRD0", &data).await.0, 200);
     let foreign = r#"{"order_id":"ord-0-0","status":"new"}"#;
     assert_eq!(stack.gw.publish("orders.TRD0", foreign).await.0, 200);
-    let out = tokio::time::timeout(RUN_BOUND, child.wait_with_output()).await.unwrap().unwrap();
-    let run = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let run = finish(child).await;
     assert_eq!(run.code, Some(3), "stderr: {}", run.stderr);
     let o = summary_of(&run).orders.unwrap();
     assert_eq!((o.updates.duplicates, o.updates.orphans), (1, 1), "{o:#?}");
