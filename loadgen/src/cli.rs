@@ -249,7 +249,8 @@ pub struct RunArgs {
 
     /// Orders per second over the --order-conns connections, each placing
     /// rate/N per second at intervals uniform in 0.5–1.5× its mean
-    /// (connections added by --order-step keep that per-connection rate).
+    /// (connections added by --order-step keep that per-connection rate;
+    /// a sweep keeps the total rate over each step's connections).
     /// Without it, --order-interval paces each connection.
     #[arg(long, help_heading = "Order mode")]
     pub order_rate: Option<f64>,
@@ -467,8 +468,7 @@ impl RunArgs {
                         format!("must be above 0 and at most {MAX_RATE} per second"),
                     ));
                 }
-                let mean_us = self.order_conns as f64 / rate * 1e6;
-                if mean_us < 1_000.0 {
+                if self.order_conns as f64 / rate * 1e6 < 1_000.0 {
                     return Err(bad(
                         "order-rate",
                         format!(
@@ -477,15 +477,7 @@ impl RunArgs {
                         ),
                     ));
                 }
-                let pace = Pace { min_us: (mean_us * 0.5) as u64, max_us: (mean_us * 1.5) as u64 };
-                let text = format!(
-                    "{rate}/s over {} connections ({:.1}/s each, every {:.0}-{:.0} ms)",
-                    self.order_conns,
-                    pace.per_second(),
-                    pace.min_us as f64 / 1000.0,
-                    pace.max_us as f64 / 1000.0
-                );
-                (pace, text)
+                OrderSettings::pace_for_rate(rate, self.order_conns)
             }
             None => {
                 let pace = Pace { min_us: min.as_micros() as u64, max_us: max.as_micros() as u64 };
@@ -526,6 +518,7 @@ impl RunArgs {
         }
         Ok(Some(OrderSettings {
             conns: self.order_conns,
+            rate: self.order_rate,
             step: self.order_step,
             step_every: self.order_step_every,
             pace,

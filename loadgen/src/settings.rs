@@ -68,6 +68,9 @@ pub struct OrderSettings {
     /// Order connections added every `step_every` while measuring (0: none).
     pub step: u64,
     pub step_every: Duration,
+    /// `--order-rate`: orders per second over `conns` (the pace follows
+    /// from it); `None` when the pace is per connection.
+    pub rate: Option<f64>,
     /// Time between one connection's orders.
     pub pace: Pace,
     /// The pace as asked for, for people ("10000/s total", "50–250 ms").
@@ -85,6 +88,29 @@ pub struct OrderSettings {
 }
 
 impl OrderSettings {
+    /// The pace that spreads `rate` orders/s over `conns` connections:
+    /// intervals uniform in 0.5–1.5× the mean, and how to say it.
+    pub fn pace_for_rate(rate: f64, conns: u64) -> (Pace, String) {
+        let mean_us = conns as f64 / rate.max(f64::MIN_POSITIVE) * 1e6;
+        let pace = Pace { min_us: (mean_us * 0.5) as u64, max_us: (mean_us * 1.5).max(1.0) as u64 };
+        let text = format!(
+            "{rate}/s over {conns} connections ({:.1}/s each, every {:.1}-{:.1} ms)",
+            pace.per_second(),
+            pace.min_us as f64 / 1000.0,
+            pace.max_us as f64 / 1000.0
+        );
+        (pace, text)
+    }
+
+    /// Sets the connections open from the start (a sweep step); with a
+    /// total rate, the rate stays and each connection's pace follows.
+    pub fn set_conns(&mut self, conns: u64) {
+        self.conns = conns;
+        if let Some(rate) = self.rate {
+            (self.pace, self.pace_text) = Self::pace_for_rate(rate, conns.max(1));
+        }
+    }
+
     /// Windows of the measured phase: one, or one per connection step.
     pub fn steps(&self, duration: Duration) -> u64 {
         match (self.step, self.step_every.as_micros()) {
@@ -242,6 +268,42 @@ mod tests {
         assert_eq!(o.steps(s.duration), 2);
         o.step = 0;
         assert_eq!((o.steps(s.duration), o.total(s.duration), o.step_len(s.duration)), (1, 10, s.duration));
+    }
+
+    #[test]
+    fn a_sweep_step_keeps_the_total_order_rate() {
+        let s = crate::cli::parse_settings([
+            "loadgen",
+            "-c",
+            "0",
+            "--order-conns",
+            "100",
+            "--order-rate",
+            "2000",
+        ])
+        .unwrap();
+        let mut o = s.orders.unwrap();
+        assert_eq!(o.pace.per_second(), 20.0);
+        o.set_conns(500);
+        assert_eq!((o.conns, o.pace.per_second()), (500, 4.0));
+        assert!(o.pace_text.starts_with("2000/s over 500 connections"), "{}", o.pace_text);
+        let per_conn = crate::cli::parse_settings([
+            "loadgen",
+            "-c",
+            "0",
+            "--order-conns",
+            "5",
+            "--order-interval",
+            "100ms-300ms",
+        ])
+        .unwrap();
+        let mut o = per_conn.orders.unwrap();
+        o.set_conns(50);
+        assert_eq!(
+            (o.conns, o.pace),
+            (50, Pace { min_us: 100_000, max_us: 300_000 }),
+            "a per-connection pace stays"
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub async fn sweep(
         }
         let mut settings = base.clone();
         match settings.orders.as_mut() {
-            Some(orders) => orders.conns = connections,
+            Some(orders) => orders.set_conns(connections),
             None => settings.connections = connections,
         }
         settings.duration = step_duration;
