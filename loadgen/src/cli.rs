@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::book::{OrderShape, Pace};
 use crate::publish::{PublishSettings, PublishTarget, SeqSource};
-use crate::settings::{FD_RESERVE, Settings};
+use crate::settings::{FD_RESERVE, OrderSettings, Settings};
 use crate::target::{self, Endpoint};
 use crate::topics::{Dist, TopicSpace};
 
@@ -22,9 +23,22 @@ use crate::topics::{Dist, TopicSpace};
 /// --publish-rate it also publishes (through Redis or POST /publish), so
 /// one command measures the closed loop.
 ///
+/// Order mode (--order-conns N): N more connections, each with its own
+/// account token, place orders ({"action":"order","id":…,"order":{…}})
+/// while measuring, at --order-rate in all or every --order-interval
+/// each, optionally adding --order-step connections every
+/// --order-step-every. It measures reply latency (p50/p90/p99/p99.9/max),
+/// error answers by code (timeouts among them), answers per order
+/// (exactly one, else lost or duplicate) and each accepted order's
+/// lifecycle updates on orders.<account> (exactly once, no seq gap). Both
+/// halves may run at once: -c subscribers on quotes beside the order
+/// connections.
+///
 /// Exit status: 0 success; 1 the run failed (no connection established,
 /// a worker or the publisher failed); 2 invalid flags or a refused
-/// target; 3 loss above --max-loss.
+/// target; 3 loss above --max-loss, or an order failure (an order
+/// without exactly one answer, a lifecycle update missing, repeated or
+/// out of seq, or error answers above --max-order-errors).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -46,13 +60,18 @@ pub enum Command {
     /// original benchmark's table as CSV (connections, connected, average
     /// response (ms), average size, messages, msg/sec, walltime, plus p99
     /// and lost). --connections and --duration are replaced by --steps and
-    /// --step-duration.
+    /// --step-duration. With --order-conns, the steps replace
+    /// --order-conns instead and the table is the request/reply one
+    /// (connections, connected, average response (ms), orders, orders/sec,
+    /// walltime, p50, p90, p99, p99.9 and max (ms), timeouts, errors,
+    /// lost, duplicates).
     Sweep(SweepArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
-    /// Connection counts, one step each, in order (e.g. 500,1000,2000).
+    /// Connection counts, one step each, in order (e.g. 500,1000,2000):
+    /// subscribers, or order connections with --order-conns.
     #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
     pub steps: Vec<u64>,
 
@@ -216,6 +235,71 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
 
+    /// Order mode (the original benchmark's request/reply client): this
+    /// many more connections, each acting for its own account
+    /// <--order-account-prefix><j> (its token signed with --jwt-secret),
+    /// subscribe to orders.<account> and then place orders while
+    /// measuring. Every order must get exactly one answer (reply or
+    /// error) and every accepted order its lifecycle updates (new,
+    /// partially_filled when qty ≥ 2, filled or cancelled) exactly once
+    /// with no seq gap. Reply latency is send → reply. Works beside
+    /// --connections subscribers (which may then be 0).
+    #[arg(long, default_value_t = 0, help_heading = "Order mode")]
+    pub order_conns: u64,
+
+    /// Orders per second over the --order-conns connections, each placing
+    /// rate/N per second at intervals uniform in 0.5–1.5× its mean
+    /// (connections added by --order-step keep that per-connection rate;
+    /// a sweep keeps the total rate over each step's connections).
+    /// Without it, --order-interval paces each connection.
+    #[arg(long, help_heading = "Order mode")]
+    pub order_rate: Option<f64>,
+
+    /// Time between one connection's orders, uniform random in MIN-MAX
+    /// (the original benchmark: 50ms-250ms).
+    #[arg(long, default_value = "50ms-250ms", value_parser = parse_interval, help_heading = "Order mode")]
+    pub order_interval: Interval,
+
+    /// Order connections added every --order-step-every while measuring
+    /// (the original added connections every 15 s); each step is a row of
+    /// the summary's step table. 0: none.
+    #[arg(long, default_value_t = 0, help_heading = "Order mode")]
+    pub order_step: u64,
+
+    /// Time between order connection steps.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, help_heading = "Order mode")]
+    pub order_step_every: Duration,
+
+    /// Symbols orders are placed on (uniformly); they must be ones the
+    /// publisher trades (its `symbols`).
+    #[arg(long, value_delimiter = ',', default_value = "AAPL,MSFT", help_heading = "Order mode")]
+    pub order_symbols: Vec<String>,
+
+    /// Order quantities are drawn from 1..=N (1 has no partial fill).
+    #[arg(long, default_value_t = 500, help_heading = "Order mode")]
+    pub order_qty_max: u32,
+
+    /// Order connection j acts for account <PREFIX><j>.
+    #[arg(long, default_value = "TRD", help_heading = "Order mode")]
+    pub order_account_prefix: String,
+
+    /// How long an order may wait for its answer after the measured phase
+    /// (the drain waits at least this long for answers; the gateway
+    /// answers `timeout` after its order_timeout_ms, 5 s by default).
+    #[arg(long, default_value = "6s", value_parser = parse_duration, help_heading = "Order mode")]
+    pub order_timeout: Duration,
+
+    /// Highest tolerated ratio of error answers (timeout, rate_limited,
+    /// ...) to orders sent; above it loadgen exits with status 3.
+    #[arg(long, default_value_t = 0.0, help_heading = "Order mode")]
+    pub max_order_errors: f64,
+
+    /// Write every order's times as CSV (conn, n, order_id, sent_us,
+    /// answer_us, code, new_ts_ms, new_recv_us, end_recv_us; Unix µs,
+    /// ms for new_ts_ms); worker processes write FILE.<worker>.
+    #[arg(long, value_name = "FILE", help_heading = "Order mode")]
+    pub order_trace: Option<PathBuf>,
+
     /// Highest tolerated loss ratio, lost / (received + lost); above it
     /// loadgen exits with status 3.
     #[arg(long, default_value_t = 0.0)]
@@ -264,8 +348,11 @@ impl RunArgs {
         for url in &self.urls {
             Endpoint::parse(url, &["ws"], 80)?.check_allowed(self.allow_remote)?;
         }
-        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
-            return Err(bad("connections", format!("must be between 1 and {MAX_CONNECTIONS}")));
+        if self.connections > MAX_CONNECTIONS {
+            return Err(bad("connections", format!("must be at most {MAX_CONNECTIONS}")));
+        }
+        if self.connections == 0 && self.order_conns == 0 {
+            return Err(bad("connections", "must be at least 1 (or use --order-conns)".into()));
         }
         if !(self.ramp.is_finite() && self.ramp > 0.0 && self.ramp <= MAX_RATE) {
             return Err(bad("ramp", format!("must be a rate above 0 and at most {MAX_RATE} per second")));
@@ -279,7 +366,7 @@ impl RunArgs {
                 format!("{} is more than the {} quote topics", self.topics_per_conn, self.quote_topics),
             ));
         }
-        if self.topics_per_conn == 0 && self.order_topics == 0 {
+        if self.connections > 0 && self.topics_per_conn == 0 && self.order_topics == 0 {
             return Err(bad("topics-per-conn", "connections need at least one topic".into()));
         }
         if !(self.zipf_s.is_finite() && self.zipf_s > 0.0) {
@@ -300,18 +387,26 @@ impl RunArgs {
                 "must be at least --backoff-initial, which must be above 0".into(),
             ));
         }
+        let orders = self.order_settings()?;
+        let sockets = self.connections + orders.as_ref().map_or(0, |o| o.total(self.duration));
+        if sockets > MAX_CONNECTIONS {
+            return Err(bad(
+                "order-conns",
+                format!("{sockets} connections in all is above {MAX_CONNECTIONS}"),
+            ));
+        }
         let per_process = open_files.saturating_sub(FD_RESERVE).max(1);
         let workers = match self.workers {
-            0 => Settings::workers_needed(self.connections, open_files),
+            0 => Settings::workers_needed(sockets, open_files),
             n => {
-                let per_worker = self.connections.div_ceil(u64::from(n));
+                let per_worker = sockets.div_ceil(u64::from(n));
                 if per_worker > per_process {
                     return Err(bad(
                         "workers",
                         format!(
                             "{per_worker} connections per process is above what the open-file limit \
                              ({open_files}) allows ({per_process}); use --workers {} or more",
-                            Settings::workers_needed(self.connections, open_files)
+                            Settings::workers_needed(sockets, open_files)
                         ),
                     ));
                 }
@@ -338,12 +433,106 @@ impl RunArgs {
             read_buffer: self.read_buffer,
             token: self.token.clone(),
             jwt_secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
-            workers: workers.min(self.connections.min(u64::from(u32::MAX)) as u32),
+            workers: workers.min(sockets.min(u64::from(u32::MAX)) as u32).max(1),
             publish: self.publish_settings()?,
+            orders,
             max_loss: self.max_loss,
             allow_remote: self.allow_remote,
             live: !self.quiet,
         })
+    }
+
+    fn order_settings(&self) -> Result<Option<OrderSettings>, UsageError> {
+        let bad = |flag: &'static str, reason: String| UsageError::Flag { flag, reason };
+        if self.order_conns == 0 {
+            if self.order_rate.is_some() {
+                return Err(bad("order-rate", "needs --order-conns".into()));
+            }
+            if self.order_step > 0 {
+                return Err(bad("order-step", "needs --order-conns".into()));
+            }
+            return Ok(None);
+        }
+        if self.token.is_some() {
+            return Err(bad(
+                "token",
+                "order connections each act for their own account: use --jwt-secret instead".into(),
+            ));
+        }
+        let Interval(min, max) = self.order_interval;
+        let (pace, pace_text) = match self.order_rate {
+            Some(rate) => {
+                if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
+                    return Err(bad(
+                        "order-rate",
+                        format!("must be above 0 and at most {MAX_RATE} per second"),
+                    ));
+                }
+                if self.order_conns as f64 / rate * 1e6 < 1_000.0 {
+                    return Err(bad(
+                        "order-rate",
+                        format!(
+                            "{rate}/s over {} connections is more than 1,000 per connection per second",
+                            self.order_conns
+                        ),
+                    ));
+                }
+                OrderSettings::pace_for_rate(rate, self.order_conns)
+            }
+            None => {
+                let pace = Pace { min_us: min.as_micros() as u64, max_us: max.as_micros() as u64 };
+                let text = format!(
+                    "every {}-{} ms per connection ({:.1}/s each)",
+                    min.as_millis(),
+                    max.as_millis(),
+                    pace.per_second()
+                );
+                (pace, text)
+            }
+        };
+        if self.order_step > 0 && self.order_step_every.is_zero() {
+            return Err(bad("order-step-every", "must be above zero".into()));
+        }
+        if self.order_symbols.is_empty() {
+            return Err(bad("order-symbols", "at least one symbol is needed".into()));
+        }
+        for symbol in &self.order_symbols {
+            if symbol.is_empty() || wire::Topic::parse(&format!("quotes.{symbol}")).is_err() {
+                return Err(bad(
+                    "order-symbols",
+                    format!("{symbol:?} is not a symbol (A-Z a-z 0-9 . _ : -)"),
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.order_qty_max) {
+            return Err(bad("order-qty-max", "must be between 1 and 1,000,000".into()));
+        }
+        if wire::Topic::parse(&format!("orders.{}0", self.order_account_prefix)).is_err() {
+            return Err(bad(
+                "order-account-prefix",
+                format!("{:?} cannot name an orders topic", self.order_account_prefix),
+            ));
+        }
+        if !(self.max_order_errors.is_finite() && (0.0..=1.0).contains(&self.max_order_errors)) {
+            return Err(bad("max-order-errors", "must be a ratio between 0 and 1".into()));
+        }
+        Ok(Some(OrderSettings {
+            conns: self.order_conns,
+            rate: self.order_rate,
+            step: self.order_step,
+            step_every: self.order_step_every,
+            pace,
+            pace_text,
+            shape: OrderShape {
+                symbols: self.order_symbols.clone(),
+                qty_max: self.order_qty_max,
+                account_in_order: self.jwt_secret.as_deref().is_none_or(str::is_empty),
+            },
+            account_prefix: self.order_account_prefix.clone(),
+            timeout: self.order_timeout,
+            max_errors: self.max_order_errors,
+            trace: self.order_trace.clone(),
+        }))
     }
 
     fn publish_settings(&self) -> Result<Option<PublishSettings>, UsageError> {
@@ -412,6 +601,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is too long"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `MIN-MAX` of two durations (`50ms-250ms`), or one duration for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration, pub Duration);
+
+pub fn parse_interval(s: &str) -> Result<Interval, String> {
+    let (min, max) = match s.split_once('-') {
+        Some((a, b)) => (parse_duration(a)?, parse_duration(b)?),
+        None => {
+            let d = parse_duration(s)?;
+            (d, d)
+        }
+    };
+    if max.is_zero() || min > max {
+        return Err(format!("{s:?}: need MIN-MAX with 0 <= MIN <= MAX and MAX above 0"));
+    }
+    if max > Duration::from_secs(3600) {
+        return Err(format!("{s:?}: at most 1h between orders"));
+    }
+    Ok(Interval(min, max))
 }
 
 /// Parses a full command line into run settings (no subcommand), using

@@ -1,12 +1,18 @@
-//! One simulated subscriber: connect (from its 127.0.0.x source address),
+//! One simulated client: connect (from its 127.0.0.x source address),
 //! subscribe to its topics, account for every frame, and on a drop
 //! reconnect with jittered exponential backoff and resubscribe with
 //! `since` = the last `seq` it saw per topic. At the end it sends a close
 //! frame and waits briefly for the gateway's.
 //!
-//! The per-topic `seq` state lives for the client's whole life, not one
-//! socket's, so messages missed across a reconnect count as lost unless
-//! the gateway replays them.
+//! An order connection (order mode) is the same machine holding one
+//! topic, its account's `orders.<account>`, and a [`Book`]: once that
+//! topic is acknowledged and measuring has begun it places orders on the
+//! book's schedule until the measured time is over, and hands every
+//! answer and update to the book.
+//!
+//! The per-topic `seq` state (and the book) live for the client's whole
+//! life, not one socket's, so messages missed across a reconnect count
+//! as lost unless the gateway replays them.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use wire::client::Outgoing;
 use wire::server::Frame;
 
+use crate::book::{Answer, Book, OrderShape, Pace, Update};
 use crate::stats::{Stats, check_seq};
 use crate::target;
 use crate::topics::TopicSpace;
@@ -45,6 +52,30 @@ pub struct Shared {
     pub ws_config: WebSocketConfig,
     /// Cancelled when the run ends: clients close their sockets and stop.
     pub stop: CancellationToken,
+    /// Unix µs when measuring began in this process; `None` before.
+    pub go: tokio::sync::watch::Sender<Option<u64>>,
+    /// Order mode: what every order connection shares.
+    pub orders: Option<OrderPlan>,
+}
+
+/// What the order connections of a process share.
+pub struct OrderPlan {
+    pub pace: Pace,
+    pub shape: Arc<OrderShape>,
+    pub seed: u64,
+    /// No order goes out later than this after measuring began, µs.
+    pub duration_us: u64,
+    /// Keep every order's times for `--order-trace`.
+    pub trace: bool,
+}
+
+/// The order side of an order connection.
+pub struct Trader {
+    /// Index among the run's order connections.
+    pub index: u64,
+    pub account: String,
+    /// `orders.<account>`.
+    pub topic: String,
 }
 
 /// Where one client connects.
@@ -64,6 +95,17 @@ pub struct Client {
     pub source: Option<Ipv4Addr>,
     /// Topic indices, sorted.
     pub topics: Box<[u32]>,
+    /// Set on order connections.
+    pub trader: Option<Trader>,
+}
+
+/// An order connection's state that outlives sockets.
+struct Orders<'a> {
+    trader: &'a Trader,
+    plan: &'a OrderPlan,
+    book: Book,
+    /// Its topic is acknowledged on the current socket.
+    acked: bool,
 }
 
 /// Per-topic state that outlives sockets.
@@ -96,6 +138,15 @@ impl Client {
         let mut failures: u32 = 0;
         let mut connected_before = false;
         let stats = &shared.stats;
+        let mut orders = match (&self.trader, &shared.orders) {
+            (Some(trader), Some(plan)) => Some(Orders {
+                trader,
+                plan,
+                book: Book::new(trader.index, &trader.account, plan.pace, Arc::clone(&plan.shape), plan.seed),
+                acked: false,
+            }),
+            _ => None,
+        };
         while !shared.stop.is_cancelled() {
             stats.attempt();
             let attempt = tokio::time::timeout(shared.connect_timeout, self.connect(&shared.ws_config));
@@ -118,10 +169,19 @@ impl Client {
                 Some(mut ws) => {
                     stats.established(connected_before);
                     connected_before = true;
-                    let (end, all_acked) = self.session(&mut ws, &shared, &mut topics, &mut settle).await;
+                    let (end, all_acked) =
+                        self.session(&mut ws, &shared, &mut topics, orders.as_mut(), &mut settle).await;
                     for (state, &topic) in topics.iter_mut().zip(self.topics.iter()) {
                         if std::mem::take(&mut state.acked) {
                             stats.unsubscribed(topic);
+                        }
+                    }
+                    if let Some(o) = orders.as_mut() {
+                        // No orders while the account's topic is not held:
+                        // their updates could not be checked.
+                        o.book.disarm();
+                        if std::mem::take(&mut o.acked) {
+                            stats.orders.ready(o.trader.index, false);
                         }
                     }
                     match end {
@@ -150,6 +210,10 @@ impl Client {
             }
         }
         settle(stats);
+        if let Some(o) = &orders {
+            let (verdict, rows) = o.book.finish(o.plan.trace);
+            stats.orders.finished(o.trader.index, &verdict, rows);
+        }
     }
 
     async fn connect(&self, config: &WebSocketConfig) -> Result<Ws, String> {
@@ -179,16 +243,27 @@ impl Client {
         ws: &mut Ws,
         shared: &Shared,
         topics: &mut [TopicState],
+        mut orders: Option<&mut Orders<'_>>,
         settle: &mut impl FnMut(&Stats),
     ) -> (End, bool) {
         let mut acked = 0;
         let mut all_acked = false;
+        let wanted = topics.len() + usize::from(orders.is_some());
         // Anything published before this instant that arrives now is the
         // gateway's snapshot or replay, not a live delivery.
         let subscribed_at_ms = wire::now_ms();
-        for (state, &topic) in topics.iter().zip(self.topics.iter()) {
-            let name = shared.space.name(topic);
-            let frame = Outgoing::Subscribe { topic: &name, since: state.last_seq }.to_json();
+        let mut frames: Vec<String> = topics
+            .iter()
+            .zip(self.topics.iter())
+            .map(|(state, &topic)| {
+                let name = shared.space.name(topic);
+                Outgoing::Subscribe { topic: &name, since: state.last_seq }.to_json()
+            })
+            .collect();
+        if let Some(o) = orders.as_deref() {
+            frames.push(Outgoing::Subscribe { topic: &o.trader.topic, since: o.book.last_seq() }.to_json());
+        }
+        for frame in frames {
             if let Err(e) = ws.feed(Message::text(frame)).await {
                 return (End::Dropped(format!("subscribe: {e}")), false);
             }
@@ -196,18 +271,40 @@ impl Client {
         if let Err(e) = ws.flush().await {
             return (End::Dropped(format!("subscribe: {e}")), false);
         }
+        let mut go = shared.go.subscribe();
         loop {
+            let (wait_go, due) = match orders.as_deref_mut() {
+                Some(o) => o.schedule(*go.borrow()),
+                None => (false, None),
+            };
             let msg = tokio::select! {
                 biased;
-                _ = shared.stop.cancelled() => return (self.close(ws, subscribed_at_ms, shared, topics).await, all_acked),
+                _ = shared.stop.cancelled() => {
+                    let end = self.close(ws, subscribed_at_ms, shared, topics, orders).await;
+                    return (end, all_acked);
+                }
+                changed = go.changed(), if wait_go => {
+                    if changed.is_err() {
+                        return (End::Dropped("the run ended".into()), all_acked);
+                    }
+                    continue;
+                }
+                _ = sleep_until_us(due.unwrap_or(0)), if due.is_some() => {
+                    if let Some(o) = orders.as_deref_mut()
+                        && let Err(e) = o.place_due(ws, &shared.stats).await
+                    {
+                        return (End::Dropped(format!("order: {e}")), all_acked);
+                    }
+                    continue;
+                }
                 msg = ws.next() => msg,
             };
             match msg {
                 Some(Ok(Message::Text(text))) => {
-                    match self.on_text(&text, subscribed_at_ms, shared, topics) {
+                    match self.on_text(&text, subscribed_at_ms, shared, topics, orders.as_deref_mut()) {
                         Event::Acked => {
                             acked += 1;
-                            if acked == topics.len() {
+                            if acked == wanted {
                                 all_acked = true;
                                 settle(&shared.stats);
                             }
@@ -237,6 +334,7 @@ impl Client {
         subscribed_at_ms: u64,
         shared: &Shared,
         topics: &mut [TopicState],
+        orders: Option<&mut Orders<'_>>,
     ) -> Event {
         let stats = &shared.stats;
         let frame = match Frame::parse(text) {
@@ -246,6 +344,12 @@ impl Client {
                 return Event::Other;
             }
         };
+        if let Some(o) = orders {
+            let ours = frame.topic.as_deref() == Some(o.trader.topic.as_str());
+            if ours || frame.kind == "reply" || (frame.kind == "error" && frame.id.is_some()) {
+                return o.on_frame(&frame, ours, stats);
+            }
+        }
         let position = frame
             .topic
             .as_deref()
@@ -302,6 +406,7 @@ impl Client {
         subscribed_at_ms: u64,
         shared: &Shared,
         topics: &mut [TopicState],
+        mut orders: Option<&mut Orders<'_>>,
     ) -> End {
         let frame = CloseFrame { code: CloseCode::Normal, reason: "loadgen finished".into() };
         if ws.close(Some(frame)).await.is_err() {
@@ -311,7 +416,7 @@ impl Client {
             while let Some(msg) = ws.next().await {
                 match msg {
                     Ok(Message::Text(text)) => {
-                        self.on_text(&text, subscribed_at_ms, shared, topics);
+                        self.on_text(&text, subscribed_at_ms, shared, topics, orders.as_deref_mut());
                     }
                     Ok(Message::Close(_)) => return true,
                     Ok(_) => {}
@@ -329,6 +434,100 @@ enum Event {
     Acked,
     Refused,
     Other,
+}
+
+impl Orders<'_> {
+    /// Arms the book once measuring began and the topic is held, disarms
+    /// it past the measured time; says whether to wait for measuring to
+    /// begin and when the next order is due (Unix µs).
+    fn schedule(&mut self, go_us: Option<u64>) -> (bool, Option<u64>) {
+        if !self.acked {
+            return (false, None);
+        }
+        let Some(go) = go_us else { return (true, None) };
+        let end = go + self.plan.duration_us;
+        let now = now_us();
+        if now < end {
+            self.book.arm(now);
+        }
+        match self.book.due_us() {
+            Some(due) if due < end => (false, Some(due)),
+            Some(_) => {
+                self.book.disarm();
+                (false, None)
+            }
+            None => (false, None),
+        }
+    }
+
+    /// Sends every order due by now.
+    async fn place_due(&mut self, ws: &mut Ws, stats: &Stats) -> Result<(), tungstenite::Error> {
+        let now = now_us();
+        while self.book.due_us().is_some_and(|due| due <= now) {
+            let Some(placed) = self.book.place(now) else { break };
+            stats.orders.placed(self.trader.index, now, placed.late_us);
+            ws.feed(Message::text(placed.frame)).await?;
+        }
+        ws.flush().await
+    }
+
+    /// A frame for the order side: an answer, or a frame on its topic.
+    fn on_frame(&mut self, frame: &Frame, ours: bool, stats: &Stats) -> Event {
+        let now = now_us();
+        let conn = self.trader.index;
+        match frame.kind.as_str() {
+            "reply" => {
+                let answer = self.book.on_reply(frame.id.as_deref(), frame.data.as_deref(), now);
+                self.answered(&answer, now, stats);
+            }
+            "error" if !ours => {
+                let Some(id) = frame.id.as_deref() else { return Event::Other };
+                let code = frame.code.as_deref().unwrap_or("?");
+                let answer = self.book.on_error(id, code, now);
+                if matches!(answer, Answer::First { .. }) {
+                    // The message says why (which the code alone may not).
+                    stats
+                        .error(&format!("order answered {code}: {}", frame.message.as_deref().unwrap_or("")));
+                }
+                self.answered(&answer, now, stats);
+            }
+            "error" => {
+                let code = frame.code.as_deref().unwrap_or("?");
+                let message = frame.message.as_deref().unwrap_or("");
+                stats.sub_error(&format!("error frame {code}: {message}"));
+                return Event::Refused;
+            }
+            "subscribed" if !self.acked => {
+                self.acked = true;
+                stats.subscribed(u32::MAX);
+                stats.orders.ready(conn, true);
+                return Event::Acked;
+            }
+            "message" => {
+                let (check, update, arrived) =
+                    self.book.on_update(frame.seq, frame.ts, frame.data.as_deref(), now);
+                if let Update::Invalid(why) = update {
+                    stats.error(why);
+                }
+                stats.orders.update(conn, check, &update, arrived);
+            }
+            _ => {}
+        }
+        Event::Other
+    }
+
+    fn answered(&self, answer: &Answer, now_us: u64, stats: &Stats) {
+        if let Answer::Unknown(why) = answer {
+            stats.error(why);
+        }
+        stats.orders.answered(self.trader.index, answer, now_us);
+    }
+}
+
+/// Sleeps until the Unix time `at_us` (µs).
+async fn sleep_until_us(at_us: u64) {
+    let wait = Duration::from_micros(at_us.saturating_sub(now_us()));
+    tokio::time::sleep(wait).await;
 }
 
 /// Delay before reconnect attempt number `failures` (0-based): doubling
@@ -352,7 +551,7 @@ pub fn with_token(url: &str, token: &str) -> String {
     out
 }
 
-fn now_us() -> u64 {
+pub fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 

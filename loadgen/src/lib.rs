@@ -13,10 +13,19 @@
 //! connection's state machine feeding [`stats`]; [`publish`] (with the
 //! small [`http`] client) closes the loop; [`report`] renders the result
 //! and [`sweep`] repeats runs.
+//!
+//! Order mode (the request/reply half): order connections are clients
+//! holding their account's orders topic and a [`book::Book`] that places
+//! orders and checks every answer and lifecycle update exactly once;
+//! [`order_stats`] gathers their numbers per process and
+//! [`order_report`] renders and judges them.
 
+pub mod book;
 pub mod cli;
 pub mod client;
 pub mod http;
+pub mod order_report;
+pub mod order_stats;
 pub mod publish;
 pub mod report;
 pub mod run;

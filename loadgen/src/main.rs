@@ -1,6 +1,6 @@
 //! `loadgen` binary: flags, runtime, Ctrl-C, output and exit status
 //! (0 ok, 1 run failed, 2 bad flags or refused target, 3 loss above
-//! `--max-loss`).
+//! `--max-loss` or an order accounting failure).
 
 use std::process::ExitCode;
 
@@ -110,8 +110,9 @@ async fn run_sweep(args: SweepArgs, interrupt: CancellationToken) -> u8 {
             return USAGE;
         }
     };
-    let mut csv = format!("{}\n", sweep::CSV_HEADER);
-    println!("{}", sweep::CSV_HEADER);
+    let header = sweep::header(&base);
+    let mut csv = format!("{header}\n");
+    println!("{header}");
     let (mut failed, mut lossy) = (false, false);
     let quiet = args.run.quiet;
     let steps = sweep::sweep(
@@ -123,7 +124,7 @@ async fn run_sweep(args: SweepArgs, interrupt: CancellationToken) -> u8 {
         interrupt,
         |step| match &step.summary {
             Ok(summary) => {
-                let row = sweep::csv_row(step.connections, summary);
+                let row = sweep::row(step.connections, summary);
                 println!("{row}");
                 csv.push_str(&row);
                 csv.push('\n');

@@ -1,6 +1,7 @@
 //! What a run tells people and machines: the live status line on stderr,
 //! the final [`Summary`] (a table on stdout, JSON with `--json`), and
-//! the verdict against `--max-loss`.
+//! the verdict against `--max-loss` (and, in order mode, the order
+//! side's, from [`crate::order_report`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,6 +9,8 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::order_report::OrderSummary;
+use crate::order_stats::StepResult;
 use crate::publish::PublishReport;
 use crate::settings::Settings;
 use crate::stats::{Counters, ErrorTally, new_histogram};
@@ -24,6 +27,9 @@ pub struct Summary {
     /// resolution, so each sample reads up to 1 ms high.
     pub latency_ms: LatencySummary,
     pub publish: Option<PublishReport>,
+    /// Order mode: the request/reply half.
+    #[serde(default)]
+    pub orders: Option<OrderSummary>,
     /// Distinct errors and how often each happened.
     pub errors: BTreeMap<String, u64>,
     pub timing: Timing,
@@ -96,6 +102,9 @@ pub struct Timing {
     pub ramp_s: f64,
     /// Measured phase, drain included.
     pub measure_s: f64,
+    /// The measured phase asked for (`--duration`), drain excluded.
+    #[serde(default)]
+    pub duration_s: f64,
     /// Start to finish, sockets closed.
     pub walltime_s: f64,
     pub started_unix_ms: u64,
@@ -116,10 +125,14 @@ impl Summary {
         let mut c = Counters::default();
         let mut latency = new_histogram();
         let mut errors = ErrorTally::default();
+        let mut order_steps: Vec<StepResult> = Vec::new();
+        let mut order_codes = ErrorTally::default();
         for r in &g.results {
             c.add(&r.counters);
             r.latency_us.add_to(&mut latency);
             errors.merge(&r.errors);
+            StepResult::merge_all(&mut order_steps, &r.order_steps);
+            order_codes.merge(&r.order_codes);
         }
         if let Some(p) = &g.publish {
             errors.merge(&p.error_messages);
@@ -131,11 +144,19 @@ impl Summary {
         let unique = c.messages.saturating_sub(c.duplicates);
         let loss_ratio = if lost_any == 0 { 0.0 } else { lost_any as f64 / (unique + lost_any) as f64 };
         let secs = g.timing.measure_s.max(1e-9);
+        let orders = OrderSummary::build(
+            g.settings,
+            &c.orders,
+            &g.go.counters.orders,
+            &order_steps,
+            &order_codes,
+            g.timing.measure_s,
+        );
         Summary {
             targets: g.settings.urls.clone(),
             workers: g.settings.workers,
             connections: ConnectionSummary {
-                requested: g.settings.connections,
+                requested: g.settings.total_connections(),
                 attempted: c.attempted,
                 established: c.established,
                 failed: c.failed,
@@ -166,14 +187,22 @@ impl Summary {
             },
             latency_ms: LatencySummary::of(&latency),
             publish: g.publish,
+            orders,
             errors: errors.0,
             timing: g.timing,
             interrupted: g.interrupted,
         }
     }
 
-    /// `Err` with a message when loss is above the tolerated ratio.
+    /// `Err` with a message when loss is above the tolerated ratio, or
+    /// the order side failed.
     pub fn verdict(&self, max_loss: f64) -> Result<(), String> {
+        if let Some(o) = &self.orders {
+            let failures = o.failures();
+            if !failures.is_empty() {
+                return Err(format!("order mode failed: {}", failures.join("; ")));
+            }
+        }
         let m = &self.messages;
         if m.loss_ratio > max_loss {
             let lost = m.lost.max(m.missing.unwrap_or(0));
@@ -221,37 +250,34 @@ impl Summary {
             n(s.acknowledged),
             n(s.errors)
         );
-        let expected = match (m.expected, m.missing) {
-            (Some(e), Some(miss)) => format!("  expected {}  missing {}", n(e), n(miss)),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "  messages       received {}{expected}  lost {}  duplicates {}  loss {:.3}%",
-            n(m.received),
-            n(m.lost),
-            n(m.duplicates),
-            m.loss_ratio * 100.0
-        );
-        let _ = writeln!(
-            out,
-            "                 {:.0} msg/s  {} bytes  average size {:.0} B  recovered on subscribe {}",
-            m.per_second,
-            n(m.bytes),
-            m.average_size,
-            n(m.recovered)
-        );
-        let _ = writeln!(
-            out,
-            "  latency (ms)   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}  ({} samples)",
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            l.mean,
-            n(l.samples)
-        );
+        // A run of order connections alone has no pub/sub side to show.
+        let pubsub = self.orders.is_none() || self.publish.is_some() || m.received > 0;
+        if pubsub {
+            let expected = match (m.expected, m.missing) {
+                (Some(e), Some(miss)) => format!("  expected {}  missing {}", n(e), n(miss)),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  messages       received {}{expected}  lost {}  duplicates {}  loss {:.3}%",
+                n(m.received),
+                n(m.lost),
+                n(m.duplicates),
+                m.loss_ratio * 100.0
+            );
+            let _ = writeln!(
+                out,
+                "                 {:.0} msg/s  {} bytes  average size {:.0} B  recovered on subscribe {}",
+                m.per_second,
+                n(m.bytes),
+                m.average_size,
+                n(m.recovered)
+            );
+            let _ = writeln!(out, "  latency (ms)   {}", l.line());
+        }
+        if let Some(o) = &self.orders {
+            o.table(&mut out);
+        }
         if let Some(p) = &self.publish {
             let _ = writeln!(
                 out,
@@ -281,6 +307,20 @@ impl Summary {
 }
 
 impl LatencySummary {
+    /// `p50 … p90 … p99 … p99.9 … max … mean … (n samples)`, in ms.
+    pub fn line(&self) -> String {
+        format!(
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}  ({} samples)",
+            self.p50,
+            self.p90,
+            self.p99,
+            self.p999,
+            self.max,
+            self.mean,
+            n(self.samples)
+        )
+    }
+
     pub fn of(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         if h.is_empty() {
@@ -315,6 +355,7 @@ pub fn expected_deliveries(published: &BTreeMap<u32, u64>, subscribers: &BTreeMa
 /// The live line printed every second on stderr.
 pub struct StatusLine {
     last_messages: u64,
+    last_replied: u64,
     last_at: Option<std::time::Instant>,
 }
 
@@ -326,9 +367,11 @@ impl Default for StatusLine {
 
 impl StatusLine {
     pub fn new() -> Self {
-        StatusLine { last_messages: 0, last_at: None }
+        StatusLine { last_messages: 0, last_replied: 0, last_at: None }
     }
 
+    /// `reply_p99_us` is given in order mode (and adds the order part).
+    #[allow(clippy::too_many_arguments, reason = "one call site; each is a figure of the line")]
     pub fn render(
         &mut self,
         elapsed_s: f64,
@@ -337,16 +380,15 @@ impl StatusLine {
         c: &Counters,
         p99_us: u64,
         published: Option<(u64, u64)>,
+        reply_p99_us: Option<u64>,
     ) -> String {
         let now = std::time::Instant::now();
-        let rate = match self.last_at {
-            Some(at) => {
-                (c.messages.saturating_sub(self.last_messages)) as f64
-                    / now.duration_since(at).as_secs_f64().max(1e-3)
-            }
-            None => 0.0,
-        };
+        let secs = self.last_at.map(|at| now.duration_since(at).as_secs_f64().max(1e-3));
+        let per_s = |now: u64, before: u64| secs.map_or(0.0, |s| now.saturating_sub(before) as f64 / s);
+        let rate = per_s(c.messages, self.last_messages);
+        let reply_rate = per_s(c.orders.replied, self.last_replied);
         self.last_messages = c.messages;
+        self.last_replied = c.orders.replied;
         self.last_at = Some(now);
         let mut line = format!(
             "[{elapsed_s:6.1}s] {phase:<7} open {}/{} fail {} drop {} subs {} msgs {} ({:.0}/s) p99 {:.1}ms lost {} dup {}",
@@ -363,6 +405,23 @@ impl StatusLine {
         );
         if let Some((published, errors)) = published {
             let _ = write!(line, " pub {} err {}", n(published), n(errors));
+        }
+        if let Some(reply_p99_us) = reply_p99_us {
+            let o = &c.orders;
+            let _ = write!(
+                line,
+                " | orders ready {} sent {} replied {} ({:.0}/s) rp99 {:.1}ms err {} to {} dup {} upd {}/{}",
+                n(o.ready),
+                n(o.sent),
+                n(o.replied),
+                reply_rate,
+                reply_p99_us as f64 / 1000.0,
+                n(o.errors),
+                n(o.timeouts),
+                n(o.duplicate_replies + o.duplicate_updates),
+                n(o.updates_arrived),
+                n(o.updates_owed)
+            );
         }
         line
     }
@@ -415,6 +474,7 @@ mod tests {
             latency_us: LatencyBuckets::from_histogram(&h),
             errors: ErrorTally::default(),
             at_go: GoSnapshot::default(),
+            ..SwarmResult::default()
         }
     }
 
@@ -427,7 +487,13 @@ mod tests {
                 subscribers: BTreeMap::from([(0, 3), (1, 5)]),
             },
             publish,
-            timing: Timing { ramp_s: 0.1, measure_s: 2.0, walltime_s: 3.0, started_unix_ms: 0 },
+            timing: Timing {
+                ramp_s: 0.1,
+                measure_s: 2.0,
+                duration_s: 2.0,
+                walltime_s: 3.0,
+                started_unix_ms: 0,
+            },
             interrupted: false,
         }
     }

@@ -55,17 +55,18 @@ pub enum Fleet {
 impl Fleet {
     pub async fn start(settings: &Settings) -> Result<Fleet, RunError> {
         if settings.workers <= 1 {
-            let swarm = Swarm::start(settings, 0..settings.connections, settings.ramp).await?;
+            let swarm = Swarm::start(settings, None, settings.ramp).await?;
             Ok(Fleet::Local(Box::new(swarm)))
         } else {
             Ok(Fleet::Workers(Workers::spawn(settings).await?))
         }
     }
 
-    /// Counters now (from workers: their last report) and the p99 in µs.
-    pub fn counters(&self) -> (Counters, u64) {
+    /// Counters now (from workers: their last report) and the p99s of
+    /// messages and of replies, in µs.
+    pub fn counters(&self) -> (Counters, u64, u64) {
         match self {
-            Fleet::Local(s) => (s.counters(), s.p99_us()),
+            Fleet::Local(s) => (s.counters(), s.p99_us(), s.reply_p99_us()),
             Fleet::Workers(w) => w.counters(),
         }
     }
@@ -111,7 +112,8 @@ pub async fn run(settings: &Settings, interrupt: CancellationToken) -> Result<Su
         line: StatusLine::new(),
         next: started,
         started,
-        requested: settings.connections,
+        requested: settings.total_connections(),
+        orders: settings.orders.is_some(),
     };
     let mut fleet = Fleet::start(settings).await?;
 
@@ -121,7 +123,7 @@ pub async fn run(settings: &Settings, interrupt: CancellationToken) -> Result<Su
         step(&mut fleet, &mut live, "ramp", None, settle_deadline).await?;
     }
     let ramp_s = started.elapsed().as_secs_f64();
-    let (counters, _) = fleet.counters();
+    let (counters, _, _) = fleet.counters();
     if counters.established == 0 {
         let results = fleet.stop().await?;
         return Err(unreachable(settings, &results));
@@ -149,16 +151,27 @@ pub async fn run(settings: &Settings, interrupt: CancellationToken) -> Result<Su
         None => None,
     };
 
-    // Drain: closed loop knows how many deliveries to wait for.
-    if let Some(report) = &publish {
-        let expected = expected_deliveries(&report.per_topic, &go.subscribers);
-        let drain_end = Instant::now() + settings.drain;
+    // Drain: closed loop knows how many deliveries to wait for, order
+    // mode how many answers and updates.
+    let expected = publish.as_ref().map(|report| expected_deliveries(&report.per_topic, &go.subscribers));
+    if expected.is_some() || settings.orders.is_some() {
+        let drain_start = Instant::now();
+        let drain_end = drain_start + settings.drain_bound();
+        // Workers report every 250 ms: before a report from after the
+        // last order went out, their counters may agree with each other
+        // (every order sent answered) while orders are still in flight.
+        let trust_from = match fleet {
+            Fleet::Workers(_) => drain_start + 2 * crate::workers::STATUS_EVERY,
+            Fleet::Local(_) => drain_start,
+        };
         // Even after Ctrl-C: messages already published are owed, and the
         // wait is bounded (a second Ctrl-C quits at once).
         while Instant::now() < drain_end {
-            let (c, _) = fleet.counters();
+            let (c, _, _) = fleet.counters();
             let arrived = c.messages.saturating_sub(go.counters.messages).saturating_sub(c.duplicates);
-            if arrived >= expected {
+            let messages_in = expected.is_none_or(|e| arrived >= e);
+            let orders_in = settings.orders.is_none() || c.orders.all_in();
+            if messages_in && orders_in && Instant::now() >= trust_from {
                 break;
             }
             step(&mut fleet, &mut live, "drain", None, drain_end).await?;
@@ -168,7 +181,13 @@ pub async fn run(settings: &Settings, interrupt: CancellationToken) -> Result<Su
 
     live.print("stop", &fleet, None);
     let results = fleet.stop().await?;
-    let timing = Timing { ramp_s, measure_s, walltime_s: started.elapsed().as_secs_f64(), started_unix_ms };
+    let timing = Timing {
+        ramp_s,
+        measure_s,
+        duration_s: settings.duration.as_secs_f64(),
+        walltime_s: started.elapsed().as_secs_f64(),
+        started_unix_ms,
+    };
     Ok(Summary::build(Gathered {
         settings,
         results,
@@ -201,6 +220,8 @@ struct Live {
     next: Instant,
     started: Instant,
     requested: u64,
+    /// Order mode: the line has an order part.
+    orders: bool,
 }
 
 impl Live {
@@ -210,11 +231,12 @@ impl Live {
             return;
         }
         use std::sync::atomic::Ordering::Relaxed;
-        let (c, p99) = fleet.counters();
+        let (c, p99, reply_p99) = fleet.counters();
         let published =
             publisher.map(|p| (p.counters.published.load(Relaxed), p.counters.errors.load(Relaxed)));
         let elapsed = self.started.elapsed().as_secs_f64();
-        eprintln!("{}", self.line.render(elapsed, phase, self.requested, &c, p99, published));
+        let orders = self.orders.then_some(reply_p99);
+        eprintln!("{}", self.line.render(elapsed, phase, self.requested, &c, p99, published, orders));
     }
 }
 

@@ -1,6 +1,7 @@
 //! What one process measured: connection counters, message counters,
 //! the end-to-end latency histogram, error tallies and how many of its
-//! connections currently hold each topic.
+//! connections currently hold each topic; the order connections' numbers
+//! live in [`OrderStats`], owned here.
 //!
 //! Every connection task writes here. Per-message updates go to one of a
 //! few shards (chosen by connection id) behind short std locks, so two
@@ -14,6 +15,8 @@ use std::sync::{Mutex, PoisonError};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+use crate::order_stats::{OrderCounters, OrderStats};
 
 /// Shards for per-message updates; a power of two well above the cores.
 const SHARDS: usize = 16;
@@ -60,6 +63,9 @@ pub struct Counters {
     pub closed_clean: u64,
     /// Frames that were not JSON or not of a known shape.
     pub invalid_frames: u64,
+    /// The order connections' side (order mode).
+    #[serde(default)]
+    pub orders: OrderCounters,
 }
 
 impl Counters {
@@ -80,6 +86,7 @@ impl Counters {
         self.duplicates += o.duplicates;
         self.closed_clean += o.closed_clean;
         self.invalid_frames += o.invalid_frames;
+        self.orders.add(&o.orders);
     }
 }
 
@@ -198,10 +205,16 @@ pub struct Stats {
     /// Connections holding an acknowledged subscription to each topic (by
     /// topic index), so the run knows how many deliveries each publish owes.
     subscribers: Box<[AtomicU32]>,
+    /// What the order connections measured.
+    pub orders: OrderStats,
 }
 
 impl Stats {
     pub fn new(topics: usize) -> Self {
+        Self::with_orders(topics, OrderStats::new(1, 0, false))
+    }
+
+    pub fn with_orders(topics: usize, orders: OrderStats) -> Self {
         let shard = || {
             Shard(Mutex::new(ShardData {
                 latency_us: new_histogram(),
@@ -227,6 +240,7 @@ impl Stats {
             shards: (0..SHARDS).map(|_| shard()).collect(),
             errors: Mutex::default(),
             subscribers: (0..topics).map(|_| AtomicU32::new(0)).collect(),
+            orders,
         }
     }
 
@@ -322,6 +336,7 @@ impl Stats {
             sub_errors: self.sub_errors.load(Relaxed),
             closed_clean: self.closed_clean.load(Relaxed),
             invalid_frames: self.invalid_frames.load(Relaxed),
+            orders: self.orders.counters(),
             ..Counters::default()
         };
         for shard in self.shards.iter() {

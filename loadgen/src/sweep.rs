@@ -1,6 +1,8 @@
 //! Sweep mode: one run per connection count, reproducing the original
 //! benchmark's table as CSV (rows printed as each step finishes, and
-//! written to `--csv`), with p99 and lost added.
+//! written to `--csv`), with p99 and lost added. In order mode the steps
+//! are order connection counts and the table is the request/reply one
+//! ([`crate::order_report::CSV_HEADER`]).
 
 use std::time::Duration;
 
@@ -19,7 +21,20 @@ pub struct Step {
     pub summary: Result<Summary, RunError>,
 }
 
-/// The CSV row of a finished step; walltime in seconds.
+/// The header of the table `base` settings produce.
+pub fn header(base: &Settings) -> &'static str {
+    if base.orders.is_some() { crate::order_report::CSV_HEADER } else { CSV_HEADER }
+}
+
+/// The row of a finished step in the table of its mode.
+pub fn row(connections: u64, s: &Summary) -> String {
+    match &s.orders {
+        Some(o) => crate::order_report::csv_row(connections, o, s.timing.walltime_s),
+        None => csv_row(connections, s),
+    }
+}
+
+/// The pub/sub CSV row of a finished step; walltime in seconds.
 pub fn csv_row(connections: u64, s: &Summary) -> String {
     let lost = s.messages.lost.max(s.messages.missing.unwrap_or(0));
     format!(
@@ -36,10 +51,10 @@ pub fn csv_row(connections: u64, s: &Summary) -> String {
     )
 }
 
-/// Runs each step with `base` settings, `connections` and `duration`
-/// replaced; `on_step` sees every step as it ends. Stops early when a
-/// step establishes no connection (bigger ones will not either) or on
-/// Ctrl-C.
+/// Runs each step with `base` settings, `connections` (order mode: the
+/// order connections) and `duration` replaced; `on_step` sees every step
+/// as it ends. Stops early when a step establishes no connection (bigger
+/// ones will not either) or on Ctrl-C.
 pub async fn sweep(
     base: &Settings,
     steps: &[u64],
@@ -61,10 +76,14 @@ pub async fn sweep(
             }
         }
         let mut settings = base.clone();
-        settings.connections = connections;
+        match settings.orders.as_mut() {
+            Some(orders) => orders.set_conns(connections),
+            None => settings.connections = connections,
+        }
         settings.duration = step_duration;
-        let needed = Settings::workers_needed(connections, open_files);
-        settings.workers = base.workers.max(needed).min(connections.min(u64::from(u32::MAX)) as u32).max(1);
+        let sockets = settings.total_connections();
+        let needed = Settings::workers_needed(sockets, open_files);
+        settings.workers = base.workers.max(needed).min(sockets.min(u64::from(u32::MAX)) as u32).max(1);
         let summary = run(&settings, interrupt.clone()).await;
         let stop = matches!(summary, Err(RunError::Unreachable { .. } | RunError::Target(_)));
         let step = Step { connections, summary };

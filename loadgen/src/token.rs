@@ -1,6 +1,7 @@
 //! Client identities: with `--jwt-secret`, each connection gets its own
 //! HS256 token whose `sub` is its account, so it may read its
-//! `orders.<account>` topic on a gateway that checks tokens.
+//! `orders.<account>` topic (and, for order connections, place orders as
+//! that account) on a gateway that checks tokens.
 
 use jsonwebtoken::{EncodingKey, Header};
 use serde::Serialize;
@@ -36,10 +37,14 @@ impl Minter {
         Ok(Minter { key: EncodingKey::from_secret(secret.as_bytes())?, space, exp })
     }
 
-    /// Connection `conn`'s token.
+    /// Subscriber connection `conn`'s token.
     pub fn mint(&self, conn: u64) -> Result<String, jsonwebtoken::errors::Error> {
-        let account = account_for(conn, &self.space);
-        jsonwebtoken::encode(&Header::default(), &Claims { sub: &account, exp: self.exp }, &self.key)
+        self.mint_for(&account_for(conn, &self.space))
+    }
+
+    /// A token acting for `account` (order connections have their own).
+    pub fn mint_for(&self, account: &str) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(&Header::default(), &Claims { sub: account, exp: self.exp }, &self.key)
     }
 }
 

@@ -24,7 +24,7 @@ use crate::stats::Counters;
 use crate::swarm::{GoSnapshot, Swarm, SwarmResult};
 
 /// How often a child reports its counters.
-const STATUS_EVERY: Duration = Duration::from_millis(250);
+pub const STATUS_EVERY: Duration = Duration::from_millis(250);
 /// How long a child may take to answer `go`.
 const GO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long children may take to close their sockets and report.
@@ -56,11 +56,22 @@ pub struct WorkerPlan {
 // and buffered maps lose their integer keys.
 #[serde(rename_all = "snake_case")]
 pub enum Report {
-    Status { counters: Counters, p99_us: u64 },
+    Status {
+        counters: Counters,
+        p99_us: u64,
+        #[serde(default)]
+        reply_p99_us: u64,
+    },
     Settled,
-    Went { snapshot: GoSnapshot },
-    Result { result: Box<SwarmResult> },
-    Fatal { message: String },
+    Went {
+        snapshot: GoSnapshot,
+    },
+    Result {
+        result: Box<SwarmResult>,
+    },
+    Fatal {
+        message: String,
+    },
 }
 
 // ---------------------------------------------------------------- child
@@ -77,9 +88,14 @@ pub async fn child_main(index: u32) -> Result<(), WorkerError> {
     // decides when children stop, so they must not die of it first.
     tokio::spawn(async { while tokio::signal::ctrl_c().await.is_ok() {} });
     crate::cli::open_file_limit();
+    // This worker's share of the ramp: its subscribers and first-step
+    // order connections, of everyone's.
     let range = settings.worker_range(index);
-    let share = (range.end - range.start) as f64 / settings.connections.max(1) as f64;
-    let mut swarm = match Swarm::start(&settings, range, settings.ramp * share).await {
+    let first_step = settings.initial_order_conns();
+    let mine =
+        (range.end - range.start) + settings.worker_traders(index).filter(|&j| j < first_step).count() as u64;
+    let share = mine as f64 / (settings.connections + first_step).max(1) as f64;
+    let mut swarm = match Swarm::start(&settings, Some(index), settings.ramp * share).await {
         Ok(s) => s,
         Err(e) => {
             emit(&Report::Fatal { message: e.to_string() });
@@ -92,7 +108,9 @@ pub async fn child_main(index: u32) -> Result<(), WorkerError> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if !emit(&Report::Status { counters: swarm.counters(), p99_us: swarm.p99_us() }) {
+                let status =
+                    Report::Status { counters: swarm.counters(), p99_us: swarm.p99_us(), reply_p99_us: swarm.reply_p99_us() };
+                if !emit(&status) {
                     break;
                 }
                 if !settled_sent && swarm.is_settled() {
@@ -126,7 +144,7 @@ fn emit(report: &Report) -> bool {
 // --------------------------------------------------------------- parent
 
 enum Event {
-    Report(Report),
+    Report(Box<Report>),
     /// A line that was not a report (kept for the error message).
     Garbage(String),
     Eof,
@@ -136,6 +154,7 @@ enum Event {
 struct WorkerState {
     counters: Counters,
     p99_us: u64,
+    reply_p99_us: u64,
     settled: bool,
     went: Option<GoSnapshot>,
     result: Option<SwarmResult>,
@@ -188,7 +207,7 @@ impl Workers {
                 let mut lines = BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let event = match serde_json::from_str::<Report>(&line) {
-                        Ok(report) => Event::Report(report),
+                        Ok(report) => Event::Report(Box::new(report)),
                         Err(_) => Event::Garbage(line),
                     };
                     if tx.send((index, event)).is_err() {
@@ -203,15 +222,17 @@ impl Workers {
         Ok(Workers { procs, state, events })
     }
 
-    /// The children's latest counters, summed, and their highest p99.
-    pub fn counters(&self) -> (Counters, u64) {
+    /// The children's latest counters, summed, and their highest p99s
+    /// (messages, replies).
+    pub fn counters(&self) -> (Counters, u64, u64) {
         let mut total = Counters::default();
-        let mut p99 = 0;
+        let (mut p99, mut reply_p99) = (0, 0);
         for s in &self.state {
             total.add(&s.counters);
             p99 = p99.max(s.p99_us);
+            reply_p99 = reply_p99.max(s.reply_p99_us);
         }
-        (total, p99)
+        (total, p99, reply_p99)
     }
 
     pub fn is_settled(&self) -> bool {
@@ -235,17 +256,20 @@ impl Workers {
     async fn apply(&mut self, index: usize, event: Event) -> Result<(), WorkerError> {
         let Some(state) = self.state.get_mut(index) else { return Ok(()) };
         match event {
-            Event::Report(Report::Status { counters, p99_us }) => {
-                state.counters = counters;
-                state.p99_us = p99_us;
-            }
-            Event::Report(Report::Settled) => state.settled = true,
-            Event::Report(Report::Went { snapshot }) => state.went = Some(snapshot),
-            Event::Report(Report::Result { result }) => {
-                state.counters = result.counters;
-                state.result = Some(*result);
-            }
-            Event::Report(Report::Fatal { message }) => return Err(WorkerError::Failed { index, message }),
+            Event::Report(report) => match *report {
+                Report::Status { counters, p99_us, reply_p99_us } => {
+                    state.counters = counters;
+                    state.p99_us = p99_us;
+                    state.reply_p99_us = reply_p99_us;
+                }
+                Report::Settled => state.settled = true,
+                Report::Went { snapshot } => state.went = Some(snapshot),
+                Report::Result { result } => {
+                    state.counters = result.counters;
+                    state.result = Some(*result);
+                }
+                Report::Fatal { message } => return Err(WorkerError::Failed { index, message }),
+            },
             Event::Garbage(line) => {
                 let line: String = line.chars().take(200).collect();
                 return Err(WorkerError::Failed { index, message: format!("unexpected output {line:?}") });

@@ -43,7 +43,12 @@ pub fn loadgen_command(args: &[&str]) -> tokio::process::Command {
 
 /// Runs the loadgen binary to its end (killed past [`RUN_BOUND`]).
 pub async fn loadgen(args: &[&str]) -> Run {
-    let child = loadgen_command(args).spawn().unwrap();
+    finish(loadgen_command(args).spawn().unwrap()).await
+}
+
+/// Waits for a loadgen child started with [`loadgen_command`] (killed
+/// past [`RUN_BOUND`]).
+pub async fn finish(child: tokio::process::Child) -> Run {
     let out = tokio::time::timeout(RUN_BOUND, child.wait_with_output())
         .await
         .expect("loadgen did not stop by itself")
