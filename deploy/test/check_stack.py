@@ -21,8 +21,12 @@ skips named ones and says so):
   load      the `load` profile's loadgen image, run through compose on the
             stack's network (300 subscribers for 5 s, publishing through
             the balancer): exit 0, every connection up, no loss
-  traces    spans of gateway and publisher arrive at the jaeger service
-            (Jaeger's query API: /api/services, /api/traces)
+  traces    at the jaeger service (Jaeger's query API): a quote published
+            with a traceparent is one trace, publisher.publish → the
+            gateway's gateway.fanout; an order round trip is one trace,
+            gateway.order → publisher.order → gateway.order.reply, and
+            the order's updates (publisher.order.update) and their
+            deliveries (gateway.fanout) in it
   dashboard Grafana is up and lists the provisioned dashboard(s)
 
 Ends with a line `N passed, N failed, N skipped`; exits 1 if any failed.
@@ -364,6 +368,31 @@ class Checks:
 
     # -- traces -------------------------------------------------------------
 
+    def jaeger_trace(self, service, trace_id):
+        """The spans of trace `trace_id` among `service`'s recent traces
+        (Jaeger's query API), as {operation: [span, ...]}, with each span's
+        service and parent span id; None while it is not there."""
+        jaeger = self.args.jaeger.rstrip("/")
+        status, _, body = http(f"{jaeger}/api/traces?service={service}&limit=500", timeout=5)
+        if status != 200:
+            return None
+        for trace in json.loads(body).get("data") or []:
+            if trace.get("traceID") != trace_id:
+                continue
+            processes = trace.get("processes", {})
+            ops = {}
+            for span in trace.get("spans", []):
+                refs = [r["spanID"] for r in span.get("references", []) if r.get("refType") == "CHILD_OF"]
+                ops.setdefault(span["operationName"], []).append(
+                    {
+                        "id": span["spanID"],
+                        "parent": refs[0] if refs else "",
+                        "service": processes.get(span.get("processID"), {}).get("serviceName"),
+                    }
+                )
+            return ops
+        return None
+
     async def check_traces(self):
         jaeger = self.args.jaeger.rstrip("/")
 
@@ -372,13 +401,72 @@ class Checks:
             names = set(json.loads(body).get("data") or []) if status == 200 else set()
             return names if {"gateway", "publisher"} <= names else None
 
-        names = await wait_for("spans of gateway and publisher at jaeger", services, 60, 2)
-        status, _, body = http(jaeger + "/api/traces?service=gateway&limit=5", timeout=5)
-        traces = json.loads(body).get("data") or [] if status == 200 else []
-        spans = sum(len(t.get("spans", [])) for t in traces)
-        if not spans:
-            raise Failed("/api/traces?service=gateway returned no span")
-        return f"services {sorted(names)}; {len(traces)} gateway trace(s), {spans} span(s)"
+        await wait_for("spans of gateway and publisher at jaeger", services, 60, 2)
+
+        def traceparent():
+            tid, sid = f"{random.getrandbits(128):032x}", f"{random.getrandbits(64):016x}"
+            return f"00-{tid}-{sid}-01", tid, sid
+
+        # One quote, published with a sampled traceparent (as a backend
+        # that traces would): publisher span → a fan-out span on the node
+        # of this client, in one trace.
+        c = await Client(self.ws_url, "traces").open()
+        try:
+            topic = f"quotes.{RUN}TR"
+            await c.subscribe(topic)
+            tp, tid, sid = traceparent()
+            body = json.dumps({"topic": topic, "data": {"symbol": f"{RUN}TR", "bid": 1.0, "ask": 1.1}}).encode()
+            status, _, answer = http(
+                self.base + "/publish", body, headers={"Content-Type": "application/json", "traceparent": tp}
+            )
+            if status != 200:
+                raise Failed(f"POST /publish answered {status}: {answer[:200]!r}")
+            await c.expect(lambda f: f.get("type") == "message" and f.get("topic") == topic, "the traced quote", 10)
+
+            def quote_trace():
+                ops = self.jaeger_trace("publisher", tid)
+                if not ops or "publisher.publish" not in ops or "gateway.fanout" not in ops:
+                    return None
+                publish = ops["publisher.publish"][0]
+                fanouts = [f for f in ops["gateway.fanout"] if f["parent"] == publish["id"] and f["service"] == "gateway"]
+                return (publish, fanouts) if publish["parent"] == sid and fanouts else None
+
+            publish, fanouts = await wait_for(f"quote trace {tid}: publisher.publish → gateway.fanout", quote_trace, 30, 1)
+
+            # One order round trip from a client that traces.
+            account = f"{RUN}-trc"
+            await c.subscribe(f"orders.{account}")
+            tp, otid, osid = traceparent()
+            order = {"account": account, "symbol": "AAPL", "side": "buy", "qty": 10}
+            await c.send({"action": "order", "id": "t-1", "order": order, "traceparent": tp})
+            reply, _ = await c.expect(lambda f: f.get("type") == "reply" and f.get("id") == "t-1", "reply", 10)
+            oid = reply.get("data", {}).get("order_id")
+            await c.expect(
+                lambda f: f.get("type") == "message" and f.get("data", {}).get("order_id") == oid and f["data"].get("status") == "filled",
+                f"`filled` for {oid}",
+                15,
+            )
+
+            def order_trace():
+                ops = self.jaeger_trace("gateway", otid)
+                need = ("gateway.order", "publisher.order", "gateway.order.reply", "publisher.order.update")
+                if not ops or any(n not in ops for n in need):
+                    return None
+                gw, svc = ops["gateway.order"][0], ops["publisher.order"][0]
+                updates = [u for u in ops["publisher.order.update"] if u["parent"] == svc["id"]]
+                delivered = [f for f in ops.get("gateway.fanout", []) if f["parent"] in {u["id"] for u in updates}]
+                ok = gw["parent"] == osid and svc["parent"] == gw["id"] and svc["service"] == "publisher"
+                return (updates, delivered) if ok and len(updates) >= 3 and len(delivered) >= 3 else None
+
+            updates, delivered = await wait_for(
+                f"order trace {otid}: gateway.order → publisher.order → reply, updates, their delivery", order_trace, 30, 1
+            )
+        finally:
+            await c.close()
+        return (
+            f"quote trace {tid}: publisher.publish → {len(fanouts)} gateway.fanout; "
+            f"order trace {otid}: gateway.order → publisher.order → {len(updates)} updates, {len(delivered)} delivered"
+        )
 
     # -- dashboard ----------------------------------------------------------
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use service::Layers;
+use service::telemetry::LogFormat;
 
 /// Environment variables are `GATEWAY_` + the key in upper case.
 pub const ENV_PREFIX: &str = "GATEWAY";
@@ -116,6 +117,15 @@ pub struct Config {
     pub jwt_leeway_secs: u64,
     /// Whether topics other than `orders.*` may be read without a token.
     pub public_topics: bool,
+    /// Log lines: "text", "json", or "" for `LOG_FORMAT` (else text).
+    pub log_format: LogFormat,
+    /// Share of feed messages (quotes, other non-order topics) arriving
+    /// without a sampled `traceparent` that this node starts a trace for
+    /// (when an OTLP endpoint is configured).
+    pub trace_quote_ratio: f64,
+    /// Share of order round trips without a client `traceparent` (and of
+    /// `orders.*` updates without one) that start a trace.
+    pub trace_order_ratio: f64,
     /// Run the publisher's quote feed, order simulator and order service
     /// inside this node (the one-command demo): `auto` runs them on the
     /// in-memory backplane only, `on` also on Redis, `off` never.
@@ -185,6 +195,9 @@ impl Default for Config {
             demo_order_rate: 2.0,
             demo_symbols: Vec::new(),
             demo_token: Switch::Auto,
+            log_format: LogFormat::Auto,
+            trace_quote_ratio: 0.01,
+            trace_order_ratio: 1.0,
         }
     }
 }
@@ -318,6 +331,7 @@ impl Config {
                 return Err(bad("demo_symbols", format!("{s:?} is listed twice")));
             }
         }
+        self.telemetry().validate().map_err(|(key, reason)| bad(key, reason))?;
         Ok(())
     }
 
@@ -336,6 +350,15 @@ impl Config {
             Switch::Auto => self.demo_enabled() && self.jwt_secret.is_empty(),
             Switch::On => true,
             Switch::Off => false,
+        }
+    }
+
+    /// What `service::telemetry` takes from this config.
+    pub fn telemetry(&self) -> service::telemetry::Settings {
+        service::telemetry::Settings {
+            log_format: self.log_format,
+            quote_ratio: self.trace_quote_ratio,
+            order_ratio: self.trace_order_ratio,
         }
     }
 
@@ -435,6 +458,9 @@ mod tests {
             ("GATEWAY_REDIS_URL", "http://x", "redis_url"),
             ("GATEWAY_NO_SUCH_KEY", "1", "no_such_key"),
             ("GATEWAY_REDIS_CLUSTER", "maybe", "redis_cluster"),
+            ("GATEWAY_LOG_FORMAT", "xml", "log_format"),
+            ("GATEWAY_TRACE_QUOTE_RATIO", "1.5", "trace_quote_ratio"),
+            ("GATEWAY_TRACE_ORDER_RATIO", "-0.1", "trace_order_ratio"),
         ];
         for (k, v, key) in cases {
             let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();

@@ -18,15 +18,18 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::value::RawValue;
+use service::telemetry::trace::{self, Kind, Role};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
-use tracing::Instrument;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 use wire::client::{Command, Refusal};
 use wire::orders::{OrderReply, OrderRequest};
 use wire::{CloseCode, ErrorCode, Topic};
 
 use crate::auth::{AuthError, Identity};
 use crate::broker::{BoxFuture, BrokerError};
+use crate::metrics::OrderOutcome;
 use crate::node::{Admission, Node};
 use crate::outbox::{Delivery, Limits, Outbox};
 
@@ -39,6 +42,17 @@ use subscriptions::{Admit, Subscriptions};
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// An order's answer, ready to write, and what is measured when it is.
+struct OrderDone {
+    frame: String,
+    outcome: OrderOutcome,
+    /// When the `order` frame was read.
+    received: std::time::Instant,
+    /// The order's traced span and its reply-delivery child; the frame's
+    /// write runs in both, so both end with it.
+    spans: Option<(Span, Span)>,
+}
 
 /// Runs one upgraded connection to its end.
 pub async fn serve(
@@ -109,7 +123,7 @@ struct Connection {
     /// Orders waiting for their reply; each yields the frame to send.
     /// Created at the first order, so connections that never place one
     /// do not carry it.
-    orders: Option<FuturesUnordered<BoxFuture<'static, String>>>,
+    orders: Option<FuturesUnordered<BoxFuture<'static, OrderDone>>>,
     next_ping: Instant,
     /// Set when a ping is out; cleared by any frame from the client.
     pong_deadline: Option<Instant>,
@@ -170,8 +184,9 @@ impl Connection {
                         return end;
                     }
                 }
-                Some(frame) = next_reply(&mut self.orders), if self.orders.as_ref().is_some_and(|o| !o.is_empty()) => {
-                    if self.send_now(frame).await.is_err() {
+                Some(done) = next_reply(&mut self.orders), if self.orders.as_ref().is_some_and(|o| !o.is_empty()) => {
+                    // Boxed, as a rare path: idle connections do not carry it.
+                    if Box::pin(self.send_reply(done)).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -229,6 +244,17 @@ impl Connection {
         None
     }
 
+    /// Writes an order's reply; its spans (a span ends when last exited)
+    /// and its round trip end once the reply is on the wire.
+    async fn send_reply(&mut self, done: OrderDone) -> Result<(), ()> {
+        let sent = match done.spans {
+            Some((order, delivery)) => self.send_now(done.frame).instrument(delivery).instrument(order).await,
+            None => self.send_now(done.frame).await,
+        };
+        self.node.metrics.order_done(done.outcome, done.received.elapsed().as_secs_f64());
+        sent
+    }
+
     /// Writes every queued frame with one flush.
     async fn write_queued(&mut self) -> Option<End> {
         let overflowed = self.outbox.take(&mut self.batch);
@@ -238,6 +264,12 @@ impl Connection {
         for delivery in batch.drain(..) {
             if failed {
                 continue;
+            }
+            // Measured here, as the frame leaves its queue for the socket,
+            // so nothing is held across the writes below (the task's state
+            // is per-connection memory).
+            if let Some(at) = delivery.fanned_out {
+                self.node.metrics.queue_wait.get(delivery.topic.family()).observe(at.elapsed().as_secs_f64());
             }
             match self.subs.admit(&delivery) {
                 // Frames queued before an unsubscribe are not sent after its
@@ -328,13 +360,27 @@ impl Connection {
                     .await
                 }
             }
-            Ok(Command::Order { id, order }) => Box::pin(self.order(id, order)).await,
+            Ok(Command::Order { id, order, traceparent }) => {
+                Box::pin(self.order(id, order, traceparent)).await
+            }
         }
     }
 
     /// Sends an order to the order service without blocking this loop:
     /// the reply (or `timeout`) arrives through `self.orders`.
-    async fn order(&mut self, id: Box<RawValue>, order: Box<RawValue>) -> Option<End> {
+    ///
+    /// When the order is traced (the client's `traceparent` is sampled, or
+    /// the order ratio picks it), a `gateway.order` span runs from here to
+    /// the reply's write, the request carries its context to the order
+    /// service, and a `gateway.order.reply` child covers the reply's
+    /// delivery. Untraced, a valid client `traceparent` is handed on as is.
+    async fn order(
+        &mut self,
+        id: Box<RawValue>,
+        order: Box<RawValue>,
+        traceparent: Option<String>,
+    ) -> Option<End> {
+        let received = std::time::Instant::now();
         let node = &self.node;
         if self.orders.as_ref().map_or(0, FuturesUnordered::len) >= node.config.max_pending_orders {
             node.metrics.client_error(ErrorCode::RateLimited);
@@ -347,13 +393,29 @@ impl Connection {
             Err(code) => return self.refuse_id(code, "orders need a token", &id).await,
         };
         let mut pending = node.requests.register();
+        let span = trace::sample(Kind::Order, traceparent.as_deref()).map(|sampled| {
+            let span = tracing::info_span!(
+                target: trace::TARGET,
+                "gateway.order",
+                otel.kind = "server",
+                order.corr = %pending.corr,
+                node.id = %node.id,
+                outcome = Empty,
+            );
+            sampled.attach(&span);
+            span
+        });
+        let traceparent = match &span {
+            Some(span) => trace::traceparent(span),
+            None => traceparent.filter(|tp| trace::is_valid(tp)),
+        };
         let request = OrderRequest {
             corr: pending.corr.clone(),
             node: node.id.clone(),
             account,
             order,
             ts: wire::now_ms(),
-            traceparent: None,
+            traceparent,
         };
         let request_json = match serde_json::to_string(&request) {
             Ok(json) => json,
@@ -362,31 +424,48 @@ impl Connection {
         let broker = Arc::clone(&node.broker);
         let metrics = Arc::clone(&node.metrics);
         let wait = node.config.order_timeout();
-        self.orders.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
+        let within = span.clone().unwrap_or_else(Span::none);
+        let round_trip = async move {
             let error = |code: ErrorCode, message: &str| {
                 metrics.client_error(code);
                 wire::server::error(code, message, None, Some(&id))
             };
-            match broker.submit_order(request_json).await {
-                Ok(()) => metrics.orders_submitted.inc(),
+            let (frame, outcome) = match broker.submit_order(request_json).await {
                 Err(e @ BrokerError::NotSupported(_)) => {
-                    return error(ErrorCode::NotSupported, &e.to_string());
+                    (error(ErrorCode::NotSupported, &e.to_string()), OrderOutcome::Unavailable)
                 }
-                Err(e) => return error(ErrorCode::BackplaneUnavailable, &e.to_string()),
+                Err(e) => (error(ErrorCode::BackplaneUnavailable, &e.to_string()), OrderOutcome::Unavailable),
+                Ok(()) => {
+                    metrics.orders_submitted.inc();
+                    tracing::debug!(corr = %pending.corr, "order submitted");
+                    match tokio::time::timeout(wait, &mut pending.reply).await {
+                        Ok(Ok(OrderReply { data: Some(data), error: None, .. })) => {
+                            (wire::server::reply(&id, &data), OrderOutcome::Ok)
+                        }
+                        Ok(Ok(OrderReply { error: Some(e), .. })) => {
+                            let code = ErrorCode::parse(&e.code).unwrap_or(ErrorCode::InvalidOrder);
+                            (error(code, &e.message), OrderOutcome::Refused)
+                        }
+                        Ok(Ok(_)) | Ok(Err(_)) => (
+                            error(ErrorCode::Internal, "the order service sent an empty reply"),
+                            OrderOutcome::Refused,
+                        ),
+                        Err(_) => {
+                            metrics.order_timeouts.inc();
+                            let frame = error(ErrorCode::Timeout, "no reply from the order service in time");
+                            (frame, OrderOutcome::Timeout)
+                        }
+                    }
+                }
             };
-            match tokio::time::timeout(wait, &mut pending.reply).await {
-                Ok(Ok(OrderReply { data: Some(data), error: None, .. })) => wire::server::reply(&id, &data),
-                Ok(Ok(OrderReply { error: Some(e), .. })) => {
-                    let code = ErrorCode::parse(&e.code).unwrap_or(ErrorCode::InvalidOrder);
-                    error(code, &e.message)
-                }
-                Ok(Ok(_)) | Ok(Err(_)) => error(ErrorCode::Internal, "the order service sent an empty reply"),
-                Err(_) => {
-                    metrics.order_timeouts.inc();
-                    error(ErrorCode::Timeout, "no reply from the order service in time")
-                }
-            }
-        }));
+            let spans = span.map(|span| {
+                span.record("outcome", outcome.label());
+                let delivery = trace::child("gateway.order.reply", Role::Internal, &span);
+                (span, delivery)
+            });
+            OrderDone { frame, outcome, received, spans }
+        };
+        self.orders.get_or_insert_with(FuturesUnordered::new).push(Box::pin(round_trip.instrument(within)));
         None
     }
 
@@ -478,7 +557,9 @@ impl Connection {
 }
 
 /// The next order reply, once there are orders in flight.
-async fn next_reply(orders: &mut Option<FuturesUnordered<BoxFuture<'static, String>>>) -> Option<String> {
+async fn next_reply(
+    orders: &mut Option<FuturesUnordered<BoxFuture<'static, OrderDone>>>,
+) -> Option<OrderDone> {
     match orders {
         Some(orders) => orders.next().await,
         None => None,

@@ -14,6 +14,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use service::telemetry::trace;
+use tracing::{Instrument, Span};
 use wire::ErrorCode;
 
 use crate::node::Node;
@@ -73,6 +75,11 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
 
 /// `POST /publish` with `{"topic": …, "data": {…}, "traceparent"?, "id"?}`;
 /// answers `{"topic", "seq"}`.
+///
+/// A `traceparent` request header (or else the body's field) is
+/// continued by a `gateway.publish` span when sampled, and the envelope
+/// carries that span's context, so every node's fan-out is its child;
+/// untraced, a valid incoming one is written into the envelope as is.
 pub async fn publish(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -93,8 +100,27 @@ pub async fn publish(
         Ok(req) => req,
         Err((code, message)) => return refuse(StatusCode::BAD_REQUEST, code, message),
     };
-    let published =
-        node.broker.publish(&req.topic, req.data.get(), req.traceparent.as_deref(), req.id.as_deref()).await;
+    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).or(req.traceparent.as_deref());
+    let span = trace::sample(req.topic.family().into(), incoming).map(|sampled| {
+        let span = tracing::info_span!(
+            target: trace::TARGET,
+            "gateway.publish",
+            otel.kind = "server",
+            messaging.destination.name = req.topic.as_str(),
+            node.id = %node.id,
+        );
+        sampled.attach(&span);
+        span
+    });
+    let traceparent = match &span {
+        Some(span) => trace::traceparent(span),
+        None => incoming.filter(|tp| trace::is_valid(tp)).map(str::to_owned),
+    };
+    let published = node
+        .broker
+        .publish(&req.topic, req.data.get(), traceparent.as_deref(), req.id.as_deref())
+        .instrument(span.unwrap_or_else(Span::none))
+        .await;
     match published {
         Ok(seq) => {
             node.metrics.http_published.inc();

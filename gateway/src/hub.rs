@@ -10,13 +10,23 @@
 //! The hub knows nothing of Redis; the broker feeds it envelopes through
 //! [`Hub::ingest`] and asks it [`Hub::has_subscribers`] before releasing
 //! a backplane subscription.
+//!
+//! [`Hub::ingest`] is also where a message's latency is measured (from its
+//! `ts`, and the fan-out itself; every order update, one feed message in
+//! [`TIMED_EVERY`]) and where its trace continues: when the
+//! envelope's `traceparent` is sampled, or the node's own quote / order
+//! ratio picks a message that has none, a `gateway.fanout` span records
+//! what this node did with it. Other messages make no span.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use service::telemetry::trace;
+use tracing::field::Empty;
 use wire::envelope::Envelope;
 use wire::{Topic, TopicFamily};
 
@@ -24,6 +34,15 @@ use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, Pushed};
 
 const SHARDS: usize = 64;
+
+/// One feed message in this many is timed (publish latency, fan-out
+/// duration); every `orders.*` message is. Clock reads and histogram
+/// updates cost about as much as a small fan-out itself.
+pub const TIMED_EVERY: u64 = 8;
+
+/// One message in this many carries its fan-out time to the sockets, so
+/// queue wait is measured without a clock read per delivery.
+pub const QUEUE_WAIT_EVERY: u64 = 64;
 
 /// One shard of the topic map; each subscriber list is replaced, never
 /// mutated, so fan-outs can walk a snapshot without the lock.
@@ -43,17 +62,42 @@ pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
+    /// This node's id, named by its fan-out spans.
+    node: Box<str>,
     /// Malformed envelopes seen; the first and every 1000th are logged.
     invalid_seen: AtomicU64,
+    /// Envelopes ingested, to pick the ones that are timed.
+    ingested: AtomicU64,
+}
+
+/// What one fan-out did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Local subscribers of the topic.
+    pub subscribers: usize,
+    pub queued: u64,
+    /// Replaced an older pending quote of a slow subscriber.
+    pub conflated: u64,
+    /// Refused by a full queue (the subscriber is closed as slow).
+    pub dropped: u64,
+}
+
+impl Fanout {
+    /// Queues that took the frame.
+    pub fn delivered(&self) -> usize {
+        (self.queued + self.conflated) as usize
+    }
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, node: &str) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             metrics,
+            node: node.into(),
             invalid_seen: AtomicU64::new(0),
+            ingested: AtomicU64::new(0),
         }
     }
 
@@ -124,29 +168,28 @@ impl Hub {
         all
     }
 
-    /// Delivers a frame to every local subscriber of its topic; returns how
-    /// many queues took it.
-    pub fn dispatch(&self, delivery: Delivery) -> usize {
+    /// Delivers a frame to every local subscriber of its topic.
+    pub fn dispatch(&self, delivery: Delivery) -> Fanout {
         let Some(list) = self.shard(delivery.topic.as_str()).get(delivery.topic.as_str()).cloned() else {
-            return 0;
+            return Fanout::default();
         };
         let delivery = Arc::new(delivery);
-        let (mut queued, mut conflated, mut dropped) = (0, 0, 0);
+        let mut done = Fanout { subscribers: list.len(), ..Fanout::default() };
         for sub in list.iter() {
             match sub.outbox.push(&delivery) {
-                Pushed::Queued => queued += 1,
-                Pushed::Conflated => conflated += 1,
-                Pushed::Overflow => dropped += 1,
+                Pushed::Queued => done.queued += 1,
+                Pushed::Conflated => done.conflated += 1,
+                Pushed::Overflow => done.dropped += 1,
                 Pushed::Closed => {}
             }
         }
-        if dropped > 0 {
-            self.metrics.frames_dropped.inc_by(dropped);
+        if done.dropped > 0 {
+            self.metrics.frames_dropped.inc_by(done.dropped);
         }
-        if conflated > 0 {
-            self.metrics.frames_conflated.inc_by(conflated);
+        if done.conflated > 0 {
+            self.metrics.frames_conflated.inc_by(done.conflated);
         }
-        queued + conflated as usize
+        done
     }
 
     /// Takes one envelope from the backplane: parse it once, build the
@@ -169,9 +212,44 @@ impl Hub {
         let Ok(topic) = Topic::parse(topic) else {
             return 0;
         };
+        let family = topic.family();
+        let n = self.ingested.fetch_add(1, Ordering::Relaxed);
+        let arrived = (family == TopicFamily::Orders || n.is_multiple_of(TIMED_EVERY)).then(|| {
+            let late_ms = wire::now_ms().saturating_sub(env.ts);
+            self.metrics.publish_latency.get(family).observe(late_ms as f64 / 1000.0);
+            Instant::now()
+        });
+        let span = trace::sample(family.into(), env.traceparent.as_deref()).map(|sampled| {
+            let span = tracing::info_span!(
+                target: trace::TARGET,
+                parent: None,
+                "gateway.fanout",
+                otel.kind = "consumer",
+                messaging.destination.name = topic.as_str(),
+                seq = env.seq,
+                node.id = &*self.node,
+                subscribers = Empty,
+                frames.queued = Empty,
+                frames.conflated = Empty,
+                frames.dropped = Empty,
+            );
+            sampled.attach(&span);
+            span
+        });
         let text = Utf8Bytes::from(env.to_message_frame());
-        let conflatable = topic.family() == TopicFamily::Quotes;
-        self.dispatch(Delivery { topic, seq: env.seq, text, conflatable })
+        let conflatable = family == TopicFamily::Quotes;
+        let fanned_out = n.is_multiple_of(QUEUE_WAIT_EVERY).then(Instant::now);
+        let done = self.dispatch(Delivery { topic, seq: env.seq, text, conflatable, fanned_out });
+        if let Some(arrived) = arrived {
+            self.metrics.fanout_duration.get(family).observe(arrived.elapsed().as_secs_f64());
+        }
+        if let Some(span) = span {
+            span.record("subscribers", done.subscribers);
+            span.record("frames.queued", done.queued);
+            span.record("frames.conflated", done.conflated);
+            span.record("frames.dropped", done.dropped);
+        }
+        done.delivered()
     }
 }
 
@@ -187,7 +265,7 @@ mod tests {
 
     #[test]
     fn first_and_last_subscriber() {
-        let hub = Hub::new(Arc::default());
+        let hub = Hub::new(Arc::default(), "n1");
         let t = Topic::parse("quotes.A").unwrap();
         assert!(hub.subscribe(&t, sub(1)));
         assert!(!hub.subscribe(&t, sub(2)));
@@ -200,7 +278,7 @@ mod tests {
 
     #[test]
     fn ingest_shares_one_frame() {
-        let hub = Hub::new(Arc::default());
+        let hub = Hub::new(Arc::default(), "n1");
         let t = Topic::parse("quotes.A").unwrap();
         let (a, b) = (sub(1), sub(2));
         hub.subscribe(&t, a.clone());

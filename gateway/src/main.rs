@@ -1,4 +1,5 @@
-//! `gateway` binary: config, telemetry, listen, run until SIGTERM/SIGINT.
+//! `gateway` binary: config, telemetry, listen, run until SIGTERM/SIGINT,
+//! then flush the spans still queued.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +20,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    service::telemetry::init("gateway");
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -28,13 +28,19 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    match serve(config) {
+    if let Err(e) = service::telemetry::init_with("gateway", &config.telemetry()) {
+        eprintln!("gateway: invalid configuration: {e}");
+        return ExitCode::from(64);
+    }
+    let code = match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("gateway failed: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    service::telemetry::shutdown();
+    code
 }
 
 #[tokio::main]

@@ -2,20 +2,109 @@
 //! Prometheus/OpenMetrics text format.
 //!
 //! Hot-path counters are plain atomics bumped once per batch (not once per
-//! frame per subscriber), so counting costs nothing measurable. Process
-//! figures (CPU seconds, RSS, open files) are read from `/proc` at scrape
-//! time, as benchmarks quote them next to message rates.
+//! frame per subscriber), so counting costs nothing measurable. Latency
+//! histograms are observed on sampled messages (publish latency, fan-out
+//! duration: every order update, 1 feed message in 8; queue wait: 1
+//! message in 64, per subscriber) or once per order, labelled by topic
+//! family or outcome, never by topic. Process
+//! figures (CPU seconds, RSS, open files) and the trace export figures are
+//! appended at scrape time by `service::telemetry`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use wire::{CloseCode, ErrorCode};
+use wire::{CloseCode, ErrorCode, TopicFamily};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    pub family: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(service::telemetry::LATENCY_BUCKETS)
+}
+
+/// One latency histogram per topic family, looked up without hashing on
+/// the hot path.
+pub struct ByFamily {
+    family: Histograms<FamilyLabel>,
+    quotes: Histogram,
+    orders: Histogram,
+    other: Histogram,
+}
+
+impl Default for ByFamily {
+    fn default() -> Self {
+        let family: Histograms<FamilyLabel> = Family::new_with_constructor(latency_histogram);
+        let get = |name| family.get_or_create_owned(&FamilyLabel { family: name });
+        let (quotes, orders, other) = (get("quotes"), get("orders"), get("other"));
+        ByFamily { family, quotes, orders, other }
+    }
+}
+
+impl ByFamily {
+    pub fn get(&self, family: TopicFamily) -> &Histogram {
+        match family {
+            TopicFamily::Quotes => &self.quotes,
+            TopicFamily::Orders => &self.orders,
+            TopicFamily::Other => &self.other,
+        }
+    }
+}
+
+/// How an order round trip ended, as the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderOutcome {
+    /// The order service replied with data.
+    Ok,
+    /// It replied with an error (a refused order).
+    Refused,
+    /// No reply within `order_timeout_ms`.
+    Timeout,
+    /// The request could not be handed to the order service.
+    Unavailable,
+}
+
+impl OrderOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            OrderOutcome::Ok => "ok",
+            OrderOutcome::Refused => "refused",
+            OrderOutcome::Timeout => "timeout",
+            OrderOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+pub struct OrderLatency(Histograms<OutcomeLabel>);
+
+impl Default for OrderLatency {
+    /// Every outcome is shown from the start, so a dashboard's rate() sees
+    /// the first order of each kind.
+    fn default() -> Self {
+        let family: Histograms<OutcomeLabel> = Family::new_with_constructor(latency_histogram);
+        for outcome in
+            [OrderOutcome::Ok, OrderOutcome::Refused, OrderOutcome::Timeout, OrderOutcome::Unavailable]
+        {
+            family.get_or_create_owned(&OutcomeLabel { outcome: outcome.label() });
+        }
+        OrderLatency(family)
+    }
 }
 
 #[derive(Default)]
@@ -67,6 +156,19 @@ pub struct Metrics {
     pub recovered: Counter,
     /// Gaps in an order topic's live stream filled from its history.
     pub gaps_filled: Counter,
+    /// From the envelope's `ts` (the publisher's clock, in ms) to its
+    /// arrival here: backplane and publisher latency. Every order update,
+    /// one feed message in [`crate::hub::TIMED_EVERY`].
+    pub publish_latency: ByFamily,
+    /// From an envelope's arrival to every local queue having its frame
+    /// (sampled as `publish_latency`).
+    pub fanout_duration: ByFamily,
+    /// From a frame's fan-out into the queues to its connection taking it
+    /// for the socket, for one message in [`crate::hub::QUEUE_WAIT_EVERY`]
+    /// (per subscriber).
+    pub queue_wait: ByFamily,
+    /// From an `order` frame to its reply (or error) being written.
+    pub order_round_trip: OrderLatency,
 }
 
 impl Metrics {
@@ -80,6 +182,10 @@ impl Metrics {
 
     pub fn closed(&self, code: CloseCode) {
         self.closes.get_or_create(&CodeLabel { code: code.reason() }).inc();
+    }
+
+    pub fn order_done(&self, outcome: OrderOutcome, seconds: f64) {
+        self.order_round_trip.0.get_or_create(&OutcomeLabel { outcome: outcome.label() }).observe(seconds);
     }
 
     /// Renders every metric; process figures are appended from `/proc`.
@@ -149,6 +255,26 @@ impl Metrics {
             m.recovered.clone(),
         );
         registry.register("gaps_filled", "Live-stream gaps filled from history", m.gaps_filled.clone());
+        registry.register(
+            "publish_latency_seconds",
+            "From the envelope's ts (publisher clock, ms resolution) to its arrival at this node (every order update, 1 feed message in 8)",
+            m.publish_latency.family.clone(),
+        );
+        registry.register(
+            "fanout_duration_seconds",
+            "From an envelope's arrival to its frame queued for every local subscriber (sampled as publish latency)",
+            m.fanout_duration.family.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "From a frame's fan-out to its connection taking it for the socket (sampled messages, per subscriber)",
+            m.queue_wait.family.clone(),
+        );
+        registry.register(
+            "order_round_trip_seconds",
+            "From an order frame to its reply or error written, by outcome",
+            m.order_round_trip.0.clone(),
+        );
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -166,10 +292,22 @@ mod tests {
         let m = Metrics::default();
         m.frames_sent.inc_by(3);
         m.client_error(ErrorCode::InvalidJson);
+        m.publish_latency.get(TopicFamily::Orders).observe(0.003);
+        m.order_done(OrderOutcome::Ok, 0.02);
         let text = m.render();
+        assert!(
+            text.contains(r#"gateway_publish_latency_seconds_bucket{le="0.005",family="orders"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"gateway_order_round_trip_seconds_count{outcome="ok"} 1"#), "{text}");
         assert!(text.contains("gateway_frames_sent_total 3"), "{text}");
         assert!(text.contains(r#"gateway_client_errors_total{code="invalid_json"} 1"#), "{text}");
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(
+            text.contains(r#"gateway_fanout_duration_seconds_bucket{le="0.0001",family="quotes"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"trace_spans_dropped_total{reason="queue_full"} 0"#), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

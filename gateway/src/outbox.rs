@@ -25,6 +25,9 @@ pub struct Delivery {
     pub text: Utf8Bytes,
     /// A newer frame of the same topic supersedes this one (quotes).
     pub conflatable: bool,
+    /// When it was fanned out, on the few messages whose queue wait is
+    /// measured (so deliveries need no clock read of their own).
+    pub fanned_out: Option<std::time::Instant>,
 }
 
 /// What a push did.
@@ -132,7 +135,7 @@ mod tests {
     fn delivery(topic: &str, seq: u64) -> Arc<Delivery> {
         let topic = Topic::parse(topic).unwrap();
         let conflatable = topic.family() == wire::TopicFamily::Quotes;
-        Arc::new(Delivery { topic, seq, text: Utf8Bytes::from_static("{}"), conflatable })
+        Arc::new(Delivery { topic, seq, text: Utf8Bytes::from_static("{}"), conflatable, fanned_out: None })
     }
 
     fn seqs(outbox: &Outbox) -> Vec<(String, u64)> {
@@ -175,7 +178,8 @@ mod tests {
     fn byte_limit_counts_too() {
         let big = |seq| {
             let text = Utf8Bytes::from("x".repeat(600));
-            Arc::new(Delivery { topic: Topic::parse("orders.a").unwrap(), seq, text, conflatable: false })
+            let topic = Topic::parse("orders.a").unwrap();
+            Arc::new(Delivery { topic, seq, text, conflatable: false, fanned_out: None })
         };
         let outbox = Outbox::new(Limits { frames: 100, bytes: 1000 });
         assert_eq!(outbox.push(&big(1)), Pushed::Queued);

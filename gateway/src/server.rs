@@ -65,7 +65,7 @@ pub fn build_node(
     });
     let tokens = tokens.transpose()?;
     let metrics = Arc::new(Metrics::default());
-    let hub = Arc::new(Hub::new(Arc::clone(&metrics)));
+    let hub = Arc::new(Hub::new(Arc::clone(&metrics), &id));
     let requests = Arc::new(Requests::default());
     let mut engine = None;
     let broker: Arc<dyn Broker> = if config.redis_url.is_empty() {

@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,16 +22,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn token(secret: &str, sub: &str) -> String {
-    let claims = serde_json::json!({"sub": sub, "exp": wire::now_ms() / 1000 + 3600});
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap()
 }
 
 async fn publish(addr: std::net::SocketAddr, topic: &str, n: u64) {
@@ -83,7 +72,8 @@ async fn hostile_clients_do_not_disturb_well_behaved_ones() {
     const ORDERS: u64 = 40;
     let mut good = Vec::new();
     for i in 0..GOOD {
-        let mut c = Client::connect(&format!("{url}?token={}", token(SECRET, &format!("acct-{i}")))).await;
+        let mut c =
+            Client::connect(&format!("{url}?token={}", testkit::token(SECRET, &format!("acct-{i}")))).await;
         c.subscribe("quotes.H").await;
         c.subscribe(&format!("orders.acct-{i}")).await;
         good.push(tokio::spawn(async move {
@@ -138,7 +128,7 @@ async fn hostile_clients_do_not_disturb_well_behaved_ones() {
     }
     // Forged tokens: 1008.
     for _ in 0..4 {
-        let forged = format!("{url}?token={}", token("not-the-secret", "acct-0"));
+        let forged = format!("{url}?token={}", testkit::token("not-the-secret", "acct-0"));
         hostile.push(tokio::spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(&forged).await.unwrap();
             ("forged", close_code_of(&mut ws).await)
@@ -146,7 +136,7 @@ async fn hostile_clients_do_not_disturb_well_behaved_ones() {
     }
     // Snooping on other accounts: forbidden, connection kept.
     for _ in 0..3 {
-        let snoop = format!("{url}?token={}", token(SECRET, "mallory"));
+        let snoop = format!("{url}?token={}", testkit::token(SECRET, "mallory"));
         hostile.push(tokio::spawn(async move {
             let mut c = Client::connect(&snoop).await;
             for i in 0..GOOD {
@@ -176,7 +166,8 @@ async fn hostile_clients_do_not_disturb_well_behaved_ones() {
     // (Overflow and conflation themselves are tested in redis_backplane.rs.)
     let mut stalled = Vec::new();
     for i in 0..3 {
-        let mut c = Client::connect(&format!("{url}?token={}", token(SECRET, &format!("acct-{i}")))).await;
+        let mut c =
+            Client::connect(&format!("{url}?token={}", testkit::token(SECRET, &format!("acct-{i}")))).await;
         c.subscribe("quotes.H").await;
         c.subscribe(&format!("orders.acct-{i}")).await;
         stalled.push(c);

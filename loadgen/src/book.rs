@@ -23,6 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use service::telemetry::trace::{self, Kind, Role};
 use wire::client::Outgoing;
 
 use crate::stats::{SeqCheck, check_seq};
@@ -229,6 +230,8 @@ pub struct Book {
     slots: Vec<Slot>,
     tracks: HashMap<Box<str>, Track>,
     last_seq: Option<u64>,
+    /// Client spans of the sampled orders not answered yet, by order `n`.
+    traced: HashMap<u64, tracing::Span>,
 }
 
 impl Book {
@@ -242,6 +245,7 @@ impl Book {
             due_us: None,
             slots: Vec::new(),
             tracks: HashMap::new(),
+            traced: HashMap::new(),
             last_seq: None,
         }
     }
@@ -285,7 +289,14 @@ impl Book {
             order["account"] = serde_json::Value::from(&*self.account);
         }
         let id = n.to_string();
-        let frame = Outgoing::Order { id: &id, order: &order }.to_json();
+        // A sampled order is a client span (at the order ratio) whose
+        // context the frame carries: the trace then starts at the client.
+        let span = trace::start("loadgen.order", Role::Client, Kind::Order, None);
+        let traceparent = span.as_ref().and_then(trace::traceparent);
+        let frame = Outgoing::Order { id: &id, order: &order, traceparent: traceparent.as_deref() }.to_json();
+        if let Some(span) = span {
+            self.traced.insert(n, span);
+        }
         self.slots.push(Slot { sent_us: now_us, qty, answers: 0, answer_us: 0, code: None, order_id: None });
         let mut next = due + self.pace.draw(&mut self.rng);
         if next + MAX_CATCH_UP_US < now_us {
@@ -307,6 +318,7 @@ impl Book {
         if slot.answers > 1 {
             return Answer::Duplicate;
         }
+        self.traced.remove(&n);
         slot.answer_us = now_us;
         slot.code = Some("ok".into());
         let (sent_us, qty) = (slot.sent_us, slot.qty);
@@ -328,12 +340,16 @@ impl Book {
 
     /// An `error` frame that carries an `id` (the answer to an order).
     pub fn on_error(&mut self, id: &RawValue, code: &str, now_us: u64) -> Answer {
-        let Some(slot) = parse_id(id).and_then(|n| self.slots.get_mut(n as usize)) else {
+        let n = parse_id(id);
+        let Some(slot) = n.and_then(|n| self.slots.get_mut(n as usize)) else {
             return Answer::Unknown("error with an id loadgen did not send");
         };
         slot.answers = slot.answers.saturating_add(1);
         if slot.answers > 1 {
             return Answer::Duplicate;
+        }
+        if let Some(span) = n.and_then(|n| self.traced.remove(&n)) {
+            trace::set_attribute(&span, "error.code", code.to_owned());
         }
         slot.answer_us = now_us;
         slot.code = Some(code.into());

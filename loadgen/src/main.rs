@@ -17,6 +17,12 @@ const LOSS: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs on stderr; traces of sampled orders (`loadgen.order` client
+    // spans) exported when the standard OTEL_* variables name an endpoint.
+    if let Err(e) = service::telemetry::init_with("loadgen", &service::telemetry::Settings::default()) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
             None => run_once(&cli.run, interrupt).await,
         }
     });
+    service::telemetry::shutdown();
     ExitCode::from(code)
 }
 

@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use service::telemetry::trace::{self, Kind, Role};
 use wire::Topic;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -87,13 +88,43 @@ pub struct OrderUpdate {
     pub id: String,
     pub head: String,
     pub tail: String,
+    /// When it was made, for the time it takes to reach the backplane.
+    pub created: std::time::Instant,
+    /// The update's traced span when sampled: it lasts until the update
+    /// is written (dropped with it), and its context rides in the envelope.
+    pub span: Option<tracing::Span>,
 }
 
 impl OrderUpdate {
+    /// An update whose envelope carries `traceparent` as given.
     pub fn new(topic: Topic, id: String, data_json: &str, traceparent: Option<&str>) -> Self {
         let (head, tail) =
             wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
-        OrderUpdate { topic, id, head, tail }
+        OrderUpdate { topic, id, head, tail, created: std::time::Instant::now(), span: None }
+    }
+
+    /// An update of an order traced as `order_traceparent` (if any): when
+    /// sampled, a producer span `publisher.order.update` in the order's trace,
+    /// whose context the envelope carries so every gateway that delivers
+    /// the update continues it.
+    pub fn traced(
+        topic: Topic,
+        id: String,
+        data_json: &str,
+        order_traceparent: Option<&str>,
+        status: &'static str,
+    ) -> Self {
+        let span = trace::start("publisher.order.update", Role::Producer, Kind::Order, order_traceparent);
+        let own = span.as_ref().and_then(trace::traceparent);
+        let traceparent = own.as_deref().or(order_traceparent.filter(|tp| trace::is_valid(tp)));
+        let mut update = OrderUpdate::new(topic, id, data_json, traceparent);
+        if let Some(span) = &span {
+            trace::set_attribute(span, "messaging.destination.name", update.topic.as_str().to_owned());
+            trace::set_attribute(span, "order.status", status);
+            trace::set_attribute(span, "order.update_id", update.id.clone());
+        }
+        update.span = span;
+        update
     }
 }
 

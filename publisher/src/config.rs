@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use service::Layers;
+use service::telemetry::LogFormat;
 
 /// Environment variables are `PUBLISHER_` + the key in upper case.
 pub const ENV_PREFIX: &str = "PUBLISHER";
@@ -84,6 +85,15 @@ pub struct Config {
     pub publish_api_key: String,
     /// Opens `POST /publish` without a key to anyone who reaches the port.
     pub publish_insecure: bool,
+    /// Log lines: "text", "json", or "" for `LOG_FORMAT` (else text).
+    pub log_format: LogFormat,
+    /// Share of quotes (and other non-order messages published without a
+    /// sampled `traceparent`) that start a trace, when an OTLP endpoint is
+    /// configured.
+    pub trace_quote_ratio: f64,
+    /// Share of order requests arriving without a sampled context, and of
+    /// simulated orders, that start a trace.
+    pub trace_order_ratio: f64,
 }
 
 impl Default for Config {
@@ -113,6 +123,9 @@ impl Default for Config {
             drain_ms: 5_000,
             publish_api_key: String::new(),
             publish_insecure: false,
+            log_format: LogFormat::Auto,
+            trace_quote_ratio: 0.01,
+            trace_order_ratio: 1.0,
         }
     }
 }
@@ -206,7 +219,17 @@ impl Config {
         if !(self.cancel_ratio.is_finite() && (0.0..=1.0).contains(&self.cancel_ratio)) {
             return Err(bad("cancel_ratio", format!("{} is outside 0..=1", self.cancel_ratio)));
         }
+        self.telemetry().validate().map_err(|(key, reason)| bad(key, reason))?;
         Ok(())
+    }
+
+    /// What `service::telemetry` takes from this config.
+    pub fn telemetry(&self) -> service::telemetry::Settings {
+        service::telemetry::Settings {
+            log_format: self.log_format,
+            quote_ratio: self.trace_quote_ratio,
+            order_ratio: self.trace_order_ratio,
+        }
     }
 
     /// The seed nodes of a Redis Cluster (`redis_url` split at commas).
@@ -307,7 +330,7 @@ mod tests {
             let env = format!("# env {ENV_PREFIX}_{}", key.to_uppercase());
             assert!(text.contains(&env), "{key} lacks its env var comment");
         }
-        assert_eq!(table.len(), 24, "every key of Config is in the example");
+        assert_eq!(table.len(), 27, "every key of Config is in the example");
     }
 
     #[test]
@@ -325,6 +348,9 @@ mod tests {
             ("PUBLISHER_OUTAGE_BUFFER", "0", "outage_buffer"),
             ("PUBLISHER_NO_SUCH_KEY", "1", "no_such_key"),
             ("PUBLISHER_REDIS_CLUSTER", "maybe", "redis_cluster"),
+            ("PUBLISHER_LOG_FORMAT", "xml", "log_format"),
+            ("PUBLISHER_TRACE_QUOTE_RATIO", "1.5", "trace_quote_ratio"),
+            ("PUBLISHER_TRACE_ORDER_RATIO", "-0.1", "trace_order_ratio"),
         ];
         for (k, v, key) in cases {
             let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use service::telemetry::trace;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,9 @@ pub struct Feed {
     /// Per market symbol: its batch's position while a batch is built.
     slot: Vec<Option<usize>>,
     scratch: String,
+    /// Publish spans of the sampled quotes of the batch in flight; they
+    /// end when it has been written ([`Feed::end_spans`]).
+    spans: Vec<tracing::Span>,
 }
 
 impl Feed {
@@ -57,6 +61,7 @@ impl Feed {
             rng: SmallRng::from_rng(&mut rand::rng()),
             slot,
             scratch: String::new(),
+            spans: Vec::new(),
         }
     }
 
@@ -84,7 +89,12 @@ impl Feed {
                     batches.len() - 1
                 }
             };
-            batches[pos].push(ts, &self.scratch, None);
+            // One atomic load per quote when export is off.
+            let traced = trace::publish(self.market.topic(sym), None);
+            batches[pos].push(ts, &self.scratch, traced.as_ref().map(|t| t.traceparent.as_str()));
+            if let Some(traced) = traced {
+                self.spans.push(traced.span);
+            }
         }
         for k in used {
             let sym = self.owned[k];
@@ -92,6 +102,14 @@ impl Feed {
             self.market.set_price(sym, self.quotes[k].last);
         }
         batches
+    }
+}
+
+impl Feed {
+    /// Ends the publish spans of the last batch (call once it is written
+    /// or given up).
+    pub fn end_spans(&mut self) {
+        self.spans.clear();
     }
 }
 
@@ -166,7 +184,11 @@ pub async fn run(
             continue;
         }
         let batch = feed.next_batch(n as usize, wire::now_ms());
-        match backplane.publish(&batch).await {
+        let sent = Instant::now();
+        let written = backplane.publish(&batch).await;
+        metrics.feed_write_seconds.observe(sent.elapsed());
+        feed.end_spans();
+        match written {
             Ok(_) => {
                 metrics.quotes_published.inc_by(n);
                 outage.succeeded();

@@ -19,6 +19,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use wire::{ErrorCode, TopicFamily};
 
+use service::telemetry::trace;
+
 use crate::backplane::{self, OrderUpdate, WriteError};
 use crate::outage::Backoff;
 use crate::state::Shared;
@@ -67,7 +69,15 @@ pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         Err((code, message)) => return refuse(StatusCode::BAD_REQUEST, code, message),
     };
     let topic = req.topic;
-    let traceparent = req.traceparent.as_deref();
+    // A `traceparent` header (or the body's) is continued by a publish span
+    // whose context the envelope carries; one this service does not trace
+    // is handed on unchanged.
+    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).or(req.traceparent.as_deref());
+    let traced = trace::publish(topic.as_str(), incoming);
+    let traceparent = match &traced {
+        Some(t) => Some(t.traceparent.as_str()),
+        None => incoming.filter(|tp| trace::is_valid(tp)),
+    };
     let result = match topic.family() {
         TopicFamily::Orders => {
             let id = req.id.map(Cow::into_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());

@@ -53,8 +53,8 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    service::telemetry::init("publisher");
     if let Some(Command::Bench(b)) = args.command {
+        service::telemetry::init("publisher");
         return match bench(b) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -71,13 +71,19 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    match serve(config) {
+    if let Err(e) = service::telemetry::init_with("publisher", &config.telemetry()) {
+        eprintln!("publisher: invalid configuration: {e}");
+        return ExitCode::from(64);
+    }
+    let code = match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("publisher failed: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    service::telemetry::shutdown();
+    code
 }
 
 #[tokio::main]

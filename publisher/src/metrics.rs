@@ -9,6 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,6 +19,28 @@ pub struct CodeLabel {
 
 /// The `code` label of a successful order reply.
 pub const REPLY_OK: &str = "ok";
+
+/// A latency histogram (seconds) on the buckets every service shares.
+#[derive(Clone)]
+pub struct Latency(Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Histogram::new(service::telemetry::LATENCY_BUCKETS))
+    }
+}
+
+impl Latency {
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        self.0.observe(elapsed.as_secs_f64());
+    }
+
+    /// Observes a wait measured from a Unix-ms timestamp set by another
+    /// process (clocks may differ: a negative wait counts as zero).
+    pub fn observe_since_ms(&self, ts_ms: u64) {
+        self.0.observe(wire::now_ms().saturating_sub(ts_ms) as f64 / 1000.0);
+    }
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -51,6 +74,17 @@ pub struct Metrics {
     pub redis_up: Gauge,
     /// Messages accepted by `POST /publish`.
     pub http_published: Counter,
+    /// One backplane round trip of the quote feed (a whole batch).
+    pub feed_write_seconds: Latency,
+    /// From a gateway's enqueueing an order request (its `ts`) to this
+    /// service taking it: time spent waiting in the request stream.
+    pub order_request_wait_seconds: Latency,
+    /// From taking an order request to its reply sent: validation and the
+    /// reply's publish (the order service's own time).
+    pub order_service_seconds: Latency,
+    /// From an order update's creation to the backplane's having it
+    /// (queue wait plus write, retries included).
+    pub order_update_write_seconds: Latency,
 }
 
 impl Metrics {
@@ -100,6 +134,27 @@ impl Metrics {
         registry.register("redis_outages", "Times Redis became unreachable", m.redis_outages.clone());
         registry.register("redis_up", "1 while Redis answers", m.redis_up.clone());
         registry.register("http_published", "Messages accepted by POST /publish", m.http_published.clone());
+        let latencies = [
+            ("feed_write_seconds", "Backplane round trip of one quote feed batch", &m.feed_write_seconds),
+            (
+                "order_request_wait_seconds",
+                "Wait of an order request from the gateway's enqueue to this service",
+                &m.order_request_wait_seconds,
+            ),
+            (
+                "order_service_seconds",
+                "Order service time, from taking a request to its reply sent",
+                &m.order_service_seconds,
+            ),
+            (
+                "order_update_write_seconds",
+                "From an order update's creation to the backplane's having it",
+                &m.order_update_write_seconds,
+            ),
+        ];
+        for (name, help, latency) in latencies {
+            registry.register(name, help, latency.0.clone());
+        }
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -118,7 +173,10 @@ mod tests {
         m.quotes_published.inc_by(3);
         m.reply("invalid_side");
         m.buffered_updates.set(2);
+        m.order_service_seconds.observe(std::time::Duration::from_micros(300));
         let text = m.render();
+        assert!(text.contains(r#"publisher_order_service_seconds_bucket{le="0.0005"} 1"#), "{text}");
+        assert!(text.contains(r#"publisher_order_service_seconds_bucket{le="0.00025"} 0"#), "{text}");
         assert!(text.contains("publisher_quotes_published_total 3"), "{text}");
         assert!(text.contains(r#"publisher_replies_total{code="invalid_side"} 1"#), "{text}");
         assert!(text.contains("publisher_buffered_updates 2"), "{text}");

@@ -103,6 +103,9 @@ impl UpdateWriter {
         loop {
             match self.backplane.write_updates(batch).await {
                 Ok(written) => {
+                    for update in batch {
+                        self.metrics.order_update_write_seconds.observe(update.created.elapsed());
+                    }
                     let dups = written.iter().filter(|w| w.duplicate).count() as u64;
                     self.metrics.order_updates_published.inc_by(batch.len() as u64);
                     self.metrics.order_updates_deduplicated.inc_by(dups);

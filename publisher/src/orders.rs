@@ -53,6 +53,9 @@ pub struct Order {
     pub qty: u64,
     /// Limit price; `None` is a market order, filled at the latest trade.
     pub limit: Option<f64>,
+    /// The trace its lifecycle updates join (the order service's span, or
+    /// the simulator's), if any.
+    pub traceparent: Option<String>,
 }
 
 /// Why an order was refused: a stable code and a human message.
@@ -128,7 +131,7 @@ pub fn validate(
         },
     };
 
-    Ok(Order { order_id, account, topic, symbol, symbol_index, side, qty, limit })
+    Ok(Order { order_id, account, topic, symbol, symbol_index, side, qty, limit, traceparent: None })
 }
 
 fn trunc(s: &str) -> &str {
@@ -234,7 +237,8 @@ impl Execution {
             "sequence": self.sequence,
         })
         .to_string();
-        OrderUpdate::new(o.topic.clone(), format!("{}.{}", o.order_id, self.sequence), &data, None)
+        let id = format!("{}.{}", o.order_id, self.sequence);
+        OrderUpdate::traced(o.topic.clone(), id, &data, o.traceparent.as_deref(), status.as_str())
     }
 }
 

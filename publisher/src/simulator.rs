@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use service::telemetry::trace::{self, Kind, Role};
 use tokio::time::{Instant, MissedTickBehavior};
 use wire::Topic;
 
@@ -38,7 +39,11 @@ pub async fn run(shared: Arc<Shared>) {
         last = now;
         while owed >= 1.0 {
             owed -= 1.0;
-            let Some(order) = random_order(&shared, &mut rng, accounts) else { continue };
+            let Some(mut order) = random_order(&shared, &mut rng, accounts) else { continue };
+            // A simulated order is a trace of its own (at
+            // `trace_order_ratio`): its updates are children of this span.
+            let placed = trace::start("publisher.order.simulated", Role::Producer, Kind::Order, None);
+            order.traceparent = placed.as_ref().and_then(trace::traceparent);
             let cancel = rng.random_bool(shared.config.cancel_ratio);
             let started = orders::start_lifecycle(
                 order,
@@ -78,5 +83,6 @@ fn random_order(shared: &Shared, rng: &mut SmallRng, accounts: usize) -> Option<
         side: if rng.random_bool(0.5) { Side::Buy } else { Side::Sell },
         qty: rng.random_range(1..=10u64) * 100,
         limit,
+        traceparent: None,
     })
 }

@@ -1,74 +1,229 @@
-//! Telemetry shared by the services: logging set-up (`tracing` to stderr,
-//! filtered by `RUST_LOG`, default `info`, as JSON lines when
-//! `LOG_FORMAT=json`) and the `process_*` metrics every `/metrics` ends with.
+//! Telemetry shared by the services: logs, trace export and the metrics
+//! every `/metrics` ends with, set up by one call at start
+//! ([`init_with`], or [`init`] with the defaults) and flushed by one at
+//! exit ([`shutdown`]).
 //!
-//! Trace export (OTLP to Jaeger) plugs in here as one more layer, so every
-//! binary gets it from the same call.
+//! - Logs ([`logs`]): `tracing` to stderr, filtered by `RUST_LOG`
+//!   (default `info`), text or JSON lines, with `trace_id` / `span_id`
+//!   inside traced spans.
+//! - Traces ([`trace`], [`sampling`], [`export`]): spans with target
+//!   [`trace::TARGET`] are exported over OTLP (gRPC or HTTP/protobuf)
+//!   through `tracing-opentelemetry`, when the standard `OTEL_*`
+//!   variables name an endpoint; without one nothing is built and
+//!   [`trace::sample`] answers no at the cost of one atomic load.
+//! - Metrics: `process_*` ([`process`]) and `trace_*` (export figures:
+//!   spans exported and dropped, an outage in progress), appended by
+//!   [`finish_openmetrics`]; [`LATENCY_BUCKETS`] for latency histograms.
 
-use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber once; later calls are no-ops (tests).
+mod export;
+mod logs;
+mod process;
+mod sampling;
+pub mod trace;
+
+pub use logs::LogFormat;
+pub use process::{cpu_seconds, finish_openmetrics, process_metrics, rss_bytes};
+
+/// Histogram buckets (seconds) for latencies: 0.1 ms to 10 s in 1-2.5-5
+/// steps, shared so every service's histograms line up on one dashboard.
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// What a service's own configuration says about telemetry; the rest
+/// comes from the standard environment variables.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub log_format: LogFormat,
+    /// Share of feed messages (quotes and other non-order topics) that
+    /// start a trace when they arrive without a sampled context.
+    pub quote_ratio: f64,
+    /// Share of order round trips and `orders.*` updates that start one.
+    pub order_ratio: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { log_format: LogFormat::Auto, quote_ratio: 0.01, order_ratio: 1.0 }
+    }
+}
+
+impl Settings {
+    /// Checks the ratios; on failure, the config key at fault
+    /// (`trace_quote_ratio` or `trace_order_ratio`, as every service names
+    /// them) and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, ratio) in [("trace_quote_ratio", self.quote_ratio), ("trace_order_ratio", self.order_ratio)]
+        {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err((key, format!("{ratio} is outside 0..=1")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An environment variable telemetry cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {var}: {reason}")]
+pub struct TelemetryError {
+    var: &'static str,
+    reason: String,
+}
+
+impl TelemetryError {
+    pub(crate) fn new(var: &'static str, reason: impl Into<String>) -> Self {
+        TelemetryError { var, reason: reason.into() }
+    }
+
+    /// The variable at fault.
+    pub fn variable(&self) -> &'static str {
+        self.var
+    }
+}
+
+/// The sampling policy, set once when export is on.
+static POLICY: OnceLock<sampling::Sampling> = OnceLock::new();
+
+/// What [`shutdown`] flushes and stops.
+struct Running {
+    provider: SdkTracerProvider,
+    /// Keeps the gRPC exporter's runtime thread alive.
+    _grpc: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
+
+pub(crate) fn sampling_policy() -> Option<&'static sampling::Sampling> {
+    POLICY.get()
+}
+
+/// [`init_with`] the defaults; an unusable variable is logged and export
+/// stays off (logs are set up in any case).
 pub fn init(service: &str) {
+    if let Err(e) = init_with(service, &Settings::default()) {
+        tracing::error!("telemetry: {e}; traces are not exported");
+    }
+}
+
+/// Installs the global subscriber (logs, and trace export when an OTLP
+/// endpoint is configured) once; later calls do nothing and return `Ok`.
+/// `service` is `service.name` unless `OTEL_SERVICE_NAME` or
+/// `OTEL_RESOURCE_ATTRIBUTES` name another. On an unusable variable, logs
+/// are still set up (text, without export) and the error names it.
+pub fn init_with(service: &str, settings: &Settings) -> Result<(), TelemetryError> {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let mut error = None;
+    let format = settings.log_format.resolve(env("LOG_FORMAT").as_deref()).unwrap_or_else(|e| {
+        error = Some(e);
+        LogFormat::Text
+    });
+    let exporter = match prepare_export(settings, &env) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            error.get_or_insert(e);
+            None
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = match format {
+        LogFormat::Json => fmt
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(logs::Json)
+            .boxed(),
+        LogFormat::Text | LogFormat::Auto => fmt.event_format(logs::Text).boxed(),
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
-    if result.is_ok() {
-        tracing::debug!(service, "telemetry initialised");
+    // Traced spans are for the exporter; log lines name them by trace id.
+    let fmt = fmt.with_filter(filter.and(filter_fn(|m| !is_traced(m))));
+    let otel = exporter.map(|(processor, sampling, grpc)| {
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(sampling::Honour)
+            .with_resource(resource(service))
+            .build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("rtgate"))
+            .with_location(false)
+            .with_target(false)
+            .with_threads(false)
+            // Traced spans are INFO: debug callsites stay statically off.
+            .with_filter(filter_fn(is_traced).with_max_level_hint(tracing::Level::INFO));
+        let _ = POLICY.set(sampling);
+        *RUNNING.lock().unwrap_or_else(PoisonError::into_inner) = Some(Running { provider, _grpc: grpc });
+        layer
+    });
+    if tracing_subscriber::registry().with(fmt).with(otel).try_init().is_ok() {
+        tracing::debug!(service, export = trace::enabled(), "telemetry initialised");
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
-/// Ends an OpenMetrics text (as `prometheus_client` encodes it) with the
-/// process figures, keeping `# EOF` last.
-pub fn finish_openmetrics(out: &mut String) {
-    let body_end = out.rfind("# EOF").unwrap_or(out.len());
-    out.truncate(body_end);
-    process_metrics(out);
-    out.push_str("# EOF\n");
+type Prepared = (export::Gate, sampling::Sampling, Option<tokio::sync::oneshot::Sender<()>>);
+
+fn prepare_export(
+    settings: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Prepared>, TelemetryError> {
+    let base = sampling::Base::parse(
+        env("OTEL_TRACES_SAMPLER").as_deref(),
+        env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+    )?;
+    let Some(plan) = export::Plan::from_env(env)? else { return Ok(None) };
+    let sampling =
+        sampling::Sampling { base, quote_ratio: settings.quote_ratio, order_ratio: settings.order_ratio };
+    let exporter = export::build(&plan)?;
+    Ok(Some((exporter.processor, sampling, exporter.runtime)))
 }
 
-/// Appends `process_*` metrics read from `/proc/self` (Linux); elsewhere,
-/// or if `/proc` is unreadable, they are left out.
-pub fn process_metrics(out: &mut String) {
-    if let Some(cpu) = cpu_seconds() {
-        let _ = writeln!(
-            out,
-            "# TYPE process_cpu_seconds counter\n# HELP process_cpu_seconds CPU time used by this process\nprocess_cpu_seconds_total {cpu:.3}"
-        );
-    }
-    if let Some(rss) = rss_bytes() {
-        let _ = writeln!(
-            out,
-            "# TYPE process_resident_memory_bytes gauge\n# HELP process_resident_memory_bytes Resident set size\nprocess_resident_memory_bytes {rss}"
-        );
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds = dir.count();
-        let _ = writeln!(
-            out,
-            "# TYPE process_open_fds gauge\n# HELP process_open_fds Open file descriptors\nprocess_open_fds {fds}"
-        );
-    }
+fn is_traced(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.target() == trace::TARGET
 }
 
-/// User + system CPU seconds: `/proc/self/stat` fields 14 and 15, in clock
-/// ticks of 1/100 s (USER_HZ is 100 on every mainstream Linux build).
-pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may contain spaces; fields resume after ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+/// `service.name` by the specification's precedence: `OTEL_SERVICE_NAME`,
+/// then `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, then the binary's
+/// own name; the other attributes of `OTEL_RESOURCE_ATTRIBUTES` as given.
+fn resource(service: &str) -> Resource {
+    let from_attributes = EnvResourceDetector::new().detect();
+    let name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(opentelemetry::Value::from)
+        .or_else(|| from_attributes.get(&opentelemetry::Key::new("service.name")))
+        .unwrap_or_else(|| service.to_owned().into());
+    Resource::builder_empty()
+        .with_detectors(&[Box::new(TelemetryResourceDetector), Box::new(EnvResourceDetector::new())])
+        .with_service_name(name)
+        .build()
 }
 
-/// Resident set size in bytes, from `VmRSS` in `/proc/self/status`.
-pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+/// Exports the spans still queued (waiting at most 3 s: a dead collector
+/// must not hold up the exit) and stops the exporter. Call once, at exit.
+pub fn shutdown() {
+    let running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(running) = running
+        && let Err(e) = running.provider.shutdown_with_timeout(Duration::from_secs(3))
+    {
+        tracing::debug!(error = %e, "trace export shutdown");
+    }
 }

@@ -1,10 +1,12 @@
 //! Test support shared by every crate's integration tests: a real gateway
 //! on a loopback port, real WebSocket clients, raw HTTP requests, the
 //! machine's redis-server or a private one a test may kill and restart.
-//! Nothing here is a mock: every helper drives a real process or socket.
+//! An OTLP receiver ([`otlp`]) stands in for Jaeger. Nothing here is a
+//! mock: every helper drives a real process or socket.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod cluster;
+pub mod otlp;
 pub mod process;
 pub mod resilient;
 
@@ -429,6 +431,13 @@ pub async fn wait_numsub(conn: &mut redis::aio::MultiplexedConnection, channel: 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An HS256 client token for account `sub`, valid for an hour.
+pub fn token(secret: &str, sub: &str) -> String {
+    let claims = serde_json::json!({"sub": sub, "exp": wire::now_ms() / 1000 + 3600});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
 }
 
 pub fn envelope(topic: &str, seq: u64, data: &str) -> String {

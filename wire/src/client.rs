@@ -26,6 +26,9 @@ pub enum Command {
     Order {
         id: Box<RawValue>,
         order: Box<RawValue>,
+        /// The client's W3C trace context, when it traces (optional, an
+        /// addition to the contract: older clients simply omit it).
+        traceparent: Option<String>,
     },
 }
 
@@ -51,6 +54,8 @@ struct Loose<'a> {
     since: Option<u64>,
     id: Option<Box<RawValue>>,
     order: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    traceparent: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Parses one client text frame.
@@ -87,7 +92,9 @@ pub fn parse(text: &str) -> Result<Command, Refusal> {
                 return Err(refuse(ErrorCode::InvalidFrame, "\"id\" must be a string or a number".into()));
             }
             match loose.order {
-                Some(order) if order.get().starts_with('{') => Ok(Command::Order { id, order }),
+                Some(order) if order.get().starts_with('{') => {
+                    Ok(Command::Order { id, order, traceparent: loose.traceparent.map(|t| t.into_owned()) })
+                }
                 _ => Err(Refusal {
                     code: ErrorCode::InvalidFrame,
                     message: "order needs an \"order\" object".into(),
@@ -144,6 +151,9 @@ pub enum Outgoing<'a> {
     Order {
         id: &'a str,
         order: &'a serde_json::Value,
+        /// The client's trace context, when it traces the order.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<&'a str>,
     },
 }
 
@@ -178,12 +188,19 @@ mod tests {
         assert!(matches!(parse(r#"{"action":"unsubscribe","topic":"x"}"#), Ok(Command::Unsubscribe { .. })));
         assert!(matches!(parse(r#"{"action":"ping"}"#), Ok(Command::Ping)));
         match parse(r#"{"action":"order","id":"c1","order":{"qty":1}}"#) {
-            Ok(Command::Order { id, order }) => {
+            Ok(Command::Order { id, order, traceparent: None }) => {
                 assert_eq!(id.get(), r#""c1""#);
                 assert_eq!(order.get(), r#"{"qty":1}"#);
             }
             other => panic!("{other:?}"),
         }
+        let traced = r#"{"action":"order","id":2,"order":{},"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#;
+        match parse(traced) {
+            Ok(Command::Order { traceparent: Some(tp), .. }) => assert!(tp.ends_with("-01")),
+            other => panic!("{other:?}"),
+        }
+        let wrong_type = r#"{"action":"order","id":2,"order":{},"traceparent":7}"#;
+        assert!(matches!(parse(wrong_type), Err(Refusal { code: ErrorCode::InvalidFrame, .. })));
     }
 
     #[test]

@@ -62,7 +62,7 @@ proptest! {
             Ok(Command::Subscribe { topic, .. }) | Ok(Command::Unsubscribe { topic }) => {
                 prop_assert!(topic::validate(topic.as_str()).is_ok());
             }
-            Ok(Command::Order { id, order }) => {
+            Ok(Command::Order { id, order, .. }) => {
                 prop_assert!(order.get().starts_with('{'), "order must be an object");
                 let id: serde_json::Value = serde_json::from_str(id.get()).unwrap();
                 prop_assert!(id.is_string() || id.is_number());

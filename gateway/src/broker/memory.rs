@@ -165,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn appends_assign_seq_keep_history_and_deduplicate_by_id() {
-        let broker = MemoryBroker::new(Arc::new(Hub::new(Arc::default())), None);
+        let broker = MemoryBroker::new(Arc::new(Hub::new(Arc::default(), "n1")), None);
         let topic = Topic::parse("orders.a").unwrap();
         let (head, tail) = wire::envelope::encode_parts("orders.a", 5, r#"{"n":1}"#, None);
         assert_eq!(broker.append(&topic, &head, [tail.as_str()], Some("u1")), (1, false));
