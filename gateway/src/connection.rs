@@ -430,15 +430,26 @@ impl Connection {
                 metrics.client_error(code);
                 wire::server::error(code, message, None, Some(&id))
             };
-            let (frame, outcome) = match broker.submit_order(request_json).await {
+            let submitted = broker.submit_order(request_json).await;
+            let (frame, outcome) = match submitted {
                 Err(e @ BrokerError::NotSupported(_)) => {
                     (error(ErrorCode::NotSupported, &e.to_string()), OrderOutcome::Unavailable)
                 }
-                Err(e) => (error(ErrorCode::BackplaneUnavailable, &e.to_string()), OrderOutcome::Unavailable),
-                Ok(()) => {
-                    metrics.orders_submitted.inc();
-                    tracing::debug!(corr = %pending.corr, "order submitted");
-                    match tokio::time::timeout(wait, &mut pending.reply).await {
+                // A request that timed out may have reached the stream and
+                // be served: wait for its reply as for any other, so the
+                // client is told `timeout` (outcome unknown) only if none
+                // comes, never `backplane_unavailable` for an order that
+                // then fills.
+                Err(e) if !matches!(e, BrokerError::Timeout) => {
+                    (error(ErrorCode::BackplaneUnavailable, &e.to_string()), OrderOutcome::Unavailable)
+                }
+                Ok(()) | Err(_) => {
+                    if submitted.is_ok() {
+                        metrics.orders_submitted.inc();
+                        tracing::debug!(corr = %pending.corr, "order submitted");
+                    }
+                    let left = wait.saturating_sub(received.elapsed());
+                    match tokio::time::timeout(left, &mut pending.reply).await {
                         Ok(Ok(OrderReply { data: Some(data), error: None, .. })) => {
                             (wire::server::reply(&id, &data), OrderOutcome::Ok)
                         }

@@ -1,7 +1,15 @@
 //! The Redis backplane: pub/sub connection(s) subscribed to
 //! `<prefix><topic>` for exactly the topics that have local subscribers,
-//! plus a small deadpool pool for publishing, snapshots, history and
-//! order requests.
+//! a small deadpool pool for publishing and history, and one multiplexed
+//! connection for order requests and snapshots.
+//!
+//! Order requests do not take a pooled connection: deadpool checks every
+//! connection it hands out with a PING (its recycle), so each XADD cost
+//! two round trips on a connection held for both, and 16 connections
+//! capped a node near 900 orders/s (bench/orders.md). On the multiplexed
+//! connection concurrent XADDs share round trips (redis-rs pipelines
+//! them), with no checkout. Scripts and history reads stay on the pool,
+//! so a long history reply never delays an order.
 //!
 //! Subscriptions spread over `pubsub_connections` connections by topic
 //! hash (see `redis_pubsub`), so one connection's reader is never the
@@ -28,6 +36,9 @@ pub struct RedisBroker {
     /// Pub/sub connections; a topic always goes to the same one, by hash.
     shards: Vec<Shard>,
     pool: deadpool_redis::Pool,
+    /// Order requests and snapshot reads; connects on first use and
+    /// reconnects by itself (redis-rs's `ConnectionManager`).
+    multiplexed: redis::aio::ConnectionManager,
     prefix: String,
     timeout: Duration,
     /// Publishes through the shared scripts, with `PUBLISH`.
@@ -56,6 +67,17 @@ impl RedisBroker {
             .create_timeout(Some(config.redis_timeout()))
             .build()
             .map_err(|e| BrokerError::Unavailable(format!("redis pool: {e}")))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.redis_timeout()))
+            .set_response_timeout(Some(config.redis_timeout()))
+            // Each command is bounded by `redis_timeout` here; a failed
+            // connect is retried on the next command, not in a loop.
+            .set_number_of_retries(1)
+            .set_max_delay(config.redis_backoff_max())
+            // Many connections' orders at once queue here, not in a pool.
+            .set_pipeline_buffer_size(4096);
+        let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
         let shards = (0..config.pubsub_connections)
             .map(|i| {
                 Shard::spawn(ShardSettings {
@@ -75,6 +97,7 @@ impl RedisBroker {
         Ok(RedisBroker {
             shards,
             pool,
+            multiplexed,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
             scripts: ScriptPublisher::new(
@@ -121,7 +144,7 @@ impl Broker for RedisBroker {
     }
 
     fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
-        Box::pin(async move { self.query(&redis_commands::last_value_cmd(&self.prefix, topic)).await })
+        Box::pin(async move { self.multiplexed(&redis_commands::last_value_cmd(&self.prefix, topic)).await })
     }
 
     fn history_after<'a>(
@@ -139,7 +162,7 @@ impl Broker for RedisBroker {
     fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let _id: String =
-                self.query(&redis_commands::order_request_cmd(&self.prefix, request_json)).await?;
+                self.multiplexed(&redis_commands::order_request_cmd(&self.prefix, request_json)).await?;
             Ok(())
         })
     }
@@ -161,5 +184,21 @@ impl RedisBroker {
             cmd.query_async::<T>(&mut conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
         };
         timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
+    }
+
+    /// Runs one command on the multiplexed connection, bounded by the
+    /// timeout. A command that timed out may still have run.
+    async fn multiplexed<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+        let mut conn = self.multiplexed.clone();
+        match timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Err(_) => Err(BrokerError::Timeout),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.is_timeout() => Err(BrokerError::Timeout),
+            // Not sent, or the connection broke: the manager reconnects.
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                Err(BrokerError::Unavailable(e.to_string()))
+            }
+            Ok(Err(e)) => Err(BrokerError::Refused(e.to_string())),
+        }
     }
 }
