@@ -192,7 +192,6 @@ async fn fanout_and_publish_spans_continue_the_incoming_context_over_grpc_and_ht
     .expect("test bound");
 }
 
-/// Reads the next order request from the stream after `last`.
 /// The one test that runs the publisher for real: both services export
 /// (the nodes over gRPC and over HTTP, the publisher over gRPC) and Jaeger
 /// would show what the receiver gets.
@@ -315,6 +314,7 @@ async fn a_quote_and_an_order_are_each_one_trace_from_the_publisher_to_the_clien
     .expect("test bound");
 }
 
+/// Reads the next order request from the stream after `last`.
 async fn next_request(
     conn: &mut redis::aio::MultiplexedConnection,
     key: &str,
