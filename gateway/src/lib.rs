@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod page;
 pub mod requests;
 pub mod server;
+pub mod subscribers;
 
 pub use config::Config;
 pub use server::run;
