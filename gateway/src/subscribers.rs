@@ -178,7 +178,7 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let id = (x >> 33) % 700;
             let grow = (step / 1_000) % 2 == 0;
-            if grow == !x.is_multiple_of(4) {
+            if grow != x.is_multiple_of(4) {
                 s.insert(sub(id));
                 want.insert(id);
             } else {
