@@ -1,10 +1,10 @@
 //! The hub: who is subscribed to what on this node.
 //!
-//! A map from topic to its local subscribers, split into shards by topic
+//! A map from topic to its local subscribers, split into slices by topic
 //! hash so subscribes and fan-outs on different topics never wait for one
 //! another. Each topic's subscriber list is an immutable `Arc<[_]>`
 //! replaced on change (copy on write): a fan-out clones the `Arc` under
-//! the shard lock and walks the list after releasing it, so a topic with
+//! the slice lock and walks the list after releasing it, so a topic with
 //! thousands of subscribers never holds a lock while it delivers.
 //!
 //! The hub knows nothing of Redis; the broker feeds it envelopes through
@@ -33,7 +33,9 @@ use wire::{Topic, TopicFamily};
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, Pushed};
 
-const SHARDS: usize = 64;
+/// Slices of the topic map ("shards" in centrifuge; named apart from
+/// Redis Cluster shards and the broker's pub/sub connections).
+const SLICES: usize = 64;
 
 /// One feed message in this many is timed (publish latency, fan-out
 /// duration); every `orders.*` message is. Clock reads and histogram
@@ -44,9 +46,9 @@ pub const TIMED_EVERY: u64 = 8;
 /// queue wait is measured without a clock read per delivery.
 pub const QUEUE_WAIT_EVERY: u64 = 64;
 
-/// One shard of the topic map; each subscriber list is replaced, never
+/// One slice of the topic map; each subscriber list is replaced, never
 /// mutated, so fan-outs can walk a snapshot without the lock.
-type Shard = HashMap<Topic, Arc<[Subscriber]>>;
+type Slice = HashMap<Topic, Arc<[Subscriber]>>;
 
 /// Identifies one connection for the life of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,7 +61,7 @@ pub struct Subscriber {
 }
 
 pub struct Hub {
-    shards: Box<[Mutex<Shard>]>,
+    slices: Box<[Mutex<Slice>]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
     /// This node's id, named by its fan-out spans.
@@ -92,7 +94,7 @@ impl Fanout {
 impl Hub {
     pub fn new(metrics: Arc<Metrics>, node: &str) -> Self {
         Hub {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            slices: (0..SLICES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             metrics,
             node: node.into(),
@@ -101,15 +103,15 @@ impl Hub {
         }
     }
 
-    fn shard(&self, topic: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let idx = self.hasher.hash_one(topic) as usize % SHARDS;
-        self.shards[idx].lock().unwrap_or_else(PoisonError::into_inner)
+    fn slice(&self, topic: &str) -> std::sync::MutexGuard<'_, Slice> {
+        let idx = self.hasher.hash_one(topic) as usize % SLICES;
+        self.slices[idx].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds `sub` to `topic`; returns true if it is the topic's first.
     pub fn subscribe(&self, topic: &Topic, sub: Subscriber) -> bool {
-        let mut shard = self.shard(topic.as_str());
-        let first = match shard.get_mut(topic.as_str()) {
+        let mut slice = self.slice(topic.as_str());
+        let first = match slice.get_mut(topic.as_str()) {
             Some(list) => {
                 let mut next = Vec::with_capacity(list.len() + 1);
                 next.extend(list.iter().cloned());
@@ -118,11 +120,11 @@ impl Hub {
                 false
             }
             None => {
-                shard.insert(topic.clone(), Arc::from([sub]));
+                slice.insert(topic.clone(), Arc::from([sub]));
                 true
             }
         };
-        drop(shard);
+        drop(slice);
         if first {
             self.metrics.topics.inc();
         }
@@ -132,8 +134,8 @@ impl Hub {
     /// Removes `conn` from `topic`; returns true if the topic is now empty
     /// (the caller releases the backplane subscription).
     pub fn unsubscribe(&self, topic: &str, conn: ConnId) -> bool {
-        let mut shard = self.shard(topic);
-        let Some(list) = shard.get_mut(topic) else {
+        let mut slice = self.slice(topic);
+        let Some(list) = slice.get_mut(topic) else {
             return false;
         };
         let before = list.len();
@@ -143,11 +145,11 @@ impl Hub {
         }
         let empty = next.is_empty();
         if empty {
-            shard.remove(topic);
+            slice.remove(topic);
         } else {
             *list = next.into();
         }
-        drop(shard);
+        drop(slice);
         if empty {
             self.metrics.topics.dec();
         }
@@ -155,22 +157,12 @@ impl Hub {
     }
 
     pub fn has_subscribers(&self, topic: &str) -> bool {
-        self.shard(topic).contains_key(topic)
-    }
-
-    /// Every topic with local subscribers (to resubscribe after a
-    /// backplane reconnect).
-    pub fn topics(&self) -> Vec<Topic> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            all.extend(shard.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned());
-        }
-        all
+        self.slice(topic).contains_key(topic)
     }
 
     /// Delivers a frame to every local subscriber of its topic.
     pub fn dispatch(&self, delivery: Delivery) -> Fanout {
-        let Some(list) = self.shard(delivery.topic.as_str()).get(delivery.topic.as_str()).cloned() else {
+        let Some(list) = self.slice(delivery.topic.as_str()).get(delivery.topic.as_str()).cloned() else {
             return Fanout::default();
         };
         let delivery = Arc::new(delivery);
