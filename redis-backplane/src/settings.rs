@@ -81,22 +81,32 @@ mod tests {
 
     #[test]
     fn cluster_needs_tcp_seeds() {
-        assert!(check_url(",", true).is_err());
-        assert!(check_url(" , ", true).is_err());
-        assert!(check_url("", true).is_err());
-        assert!(check_url("redis://a:1,unix:///tmp/r.sock", true).is_err());
-        assert!(check_url("redis://a:1, rediss://b:2,", true).is_ok());
-        assert!(check_url("unix:///tmp/r.sock", false).is_ok());
-        assert!(check_url("http://x", false).is_err());
+        let cases = [
+            (",", true, false),
+            (" , ", true, false),
+            ("", true, false),
+            ("redis://a:1,unix:///tmp/r.sock", true, false),
+            ("redis://a:1, rediss://b:2,", true, true),
+            ("unix:///tmp/r.sock", false, true),
+            ("http://x", false, false),
+        ];
+        for (url, cluster, ok) in cases {
+            assert_eq!(check_url(url, cluster).is_ok(), ok, "{url:?} cluster={cluster}");
+        }
     }
 
     #[test]
     fn prefix_rules() {
-        assert!(check_prefix("rt:", true).is_ok());
-        assert!(check_prefix("", false).is_err());
-        assert!(check_prefix("a b", false).is_err());
-        assert!(check_prefix("rt{x}:", false).is_ok());
-        assert!(check_prefix("rt{x}:", true).is_err());
+        let cases = [
+            ("rt:", true, true),
+            ("", false, false),
+            ("a b", false, false),
+            ("rt{x}:", false, true),
+            ("rt{x}:", true, false),
+        ];
+        for (prefix, cluster, ok) in cases {
+            assert_eq!(check_prefix(prefix, cluster).is_ok(), ok, "{prefix:?} cluster={cluster}");
+        }
     }
 
     #[test]
