@@ -18,7 +18,7 @@ use std::time::Duration;
 use deadpool_redis::Pool;
 use futures_util::future::{join_all, try_join_all};
 use redis::aio::ConnectionLike;
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -79,9 +79,7 @@ impl Link {
     /// The link `config` asks for; nothing connects until first use.
     pub fn open(config: &Config) -> Result<Link, WriteError> {
         if config.redis_cluster {
-            let client = ClusterClientBuilder::new(config.redis_seeds())
-                .connection_timeout(config.redis_timeout())
-                .response_timeout(config.redis_timeout())
+            let client = redis_backplane::cluster_client(config.redis_seeds(), config.redis_timeout())
                 .build()
                 .map_err(|e| WriteError::Pool(format!("invalid redis_url: {e}")))?;
             Ok(Link::Cluster(Box::new(ClusterLink {

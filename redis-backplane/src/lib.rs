@@ -4,7 +4,8 @@
 //! * [`scripts`]: the calls of the publish scripts (`wire::scripts` holds
 //!   their Lua text), with their KEYS/ARGV layout written once;
 //! * [`slots`]: reading a `CLUSTER SLOTS` reply;
-//! * [`pool`]: building a connection pool to one server;
+//! * [`pool`]: building a connection pool to one server, and a cluster
+//!   client;
 //! * [`settings`]: validating the Redis keys of a service's config
 //!   (`redis_url`, `redis_cluster`, `channel_prefix`) and showing a
 //!   `redis_url` without its password.
@@ -17,5 +18,5 @@ pub mod scripts;
 pub mod settings;
 pub mod slots;
 
-pub use pool::{PoolError, PoolOptions, pool};
+pub use pool::{PoolError, PoolOptions, cluster_client, pool};
 pub use scripts::{PublishCommand, Scripts};

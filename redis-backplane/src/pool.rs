@@ -1,11 +1,13 @@
-//! Connection pools to one Redis server, built one way for every user:
-//! connects, checkouts and recycle checks are bounded by one timeout, so a
-//! Redis that went away fails calls instead of hanging them.
+//! Connections built one way for every user: pools to one Redis server,
+//! whose connects, checkouts and recycle checks are bounded by one
+//! timeout, and Redis Cluster clients, whose connects and replies are; so
+//! a Redis that went away fails calls instead of hanging them.
 
 use std::time::Duration;
 
 use deadpool_redis::{Pool, Runtime};
 use redis::AsyncConnectionConfig;
+use redis::cluster::ClusterClientBuilder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -44,4 +46,14 @@ pub fn pool(url: &str, options: PoolOptions) -> Result<Pool, PoolError> {
         .recycle_timeout(Some(options.timeout))
         .build()
         .map_err(|e| PoolError::Build(e.to_string()))
+}
+
+/// A Redis Cluster client on `seeds` whose connects and replies fail after
+/// `timeout`; the caller adds what it needs more (RESP3 and a push
+/// sender for sharded subscriptions) and builds it.
+pub fn cluster_client<'a>(
+    seeds: impl IntoIterator<Item = &'a str>,
+    timeout: Duration,
+) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(seeds).connection_timeout(timeout).response_timeout(timeout)
 }
