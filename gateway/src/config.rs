@@ -19,7 +19,7 @@ pub const ENV_PREFIX: &str = "GATEWAY";
 /// Names a config file; read by the binary, not a config key itself.
 pub const CONFIG_FILE_ENV: &str = "GATEWAY_CONFIG";
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP/WebSocket server listens on.
@@ -153,6 +153,101 @@ pub enum Switch {
     Off,
 }
 
+/// As a derived `Debug`, with the password of `redis_url` replaced (the
+/// secrets are [`Secret`]s). Destructured, so a new field cannot be left out.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Config {
+            listen,
+            node_id,
+            redis_url,
+            redis_cluster,
+            channel_prefix,
+            max_frame_bytes,
+            max_subscriptions,
+            outbound_queue,
+            max_pending_bytes,
+            max_connections,
+            max_connections_per_ip,
+            max_pending_per_ip,
+            request_timeout_ms,
+            allowed_origins,
+            max_commands_per_sec,
+            max_client_errors,
+            ping_interval_ms,
+            ping_timeout_ms,
+            drain_ms,
+            unsubscribe_grace_ms,
+            ws_read_buffer_bytes,
+            ws_write_buffer_bytes,
+            pubsub_connections,
+            redis_backoff_max_ms,
+            redis_timeout_ms,
+            order_timeout_ms,
+            max_pending_orders,
+            history_maxlen,
+            replay_limit,
+            publish_api_key,
+            publish_insecure,
+            jwt_secret,
+            jwt_leeway_secs,
+            public_topics,
+            log_format,
+            trace_quote_ratio,
+            trace_order_ratio,
+            demo,
+            demo_quote_rate,
+            demo_order_rate,
+            demo_symbols,
+            demo_token,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("node_id", node_id)
+            .field("redis_url", &redis_backplane::settings::redacted_url(redis_url))
+            .field("redis_cluster", redis_cluster)
+            .field("channel_prefix", channel_prefix)
+            .field("max_frame_bytes", max_frame_bytes)
+            .field("max_subscriptions", max_subscriptions)
+            .field("outbound_queue", outbound_queue)
+            .field("max_pending_bytes", max_pending_bytes)
+            .field("max_connections", max_connections)
+            .field("max_connections_per_ip", max_connections_per_ip)
+            .field("max_pending_per_ip", max_pending_per_ip)
+            .field("request_timeout_ms", request_timeout_ms)
+            .field("allowed_origins", allowed_origins)
+            .field("max_commands_per_sec", max_commands_per_sec)
+            .field("max_client_errors", max_client_errors)
+            .field("ping_interval_ms", ping_interval_ms)
+            .field("ping_timeout_ms", ping_timeout_ms)
+            .field("drain_ms", drain_ms)
+            .field("unsubscribe_grace_ms", unsubscribe_grace_ms)
+            .field("ws_read_buffer_bytes", ws_read_buffer_bytes)
+            .field("ws_write_buffer_bytes", ws_write_buffer_bytes)
+            .field("pubsub_connections", pubsub_connections)
+            .field("redis_backoff_max_ms", redis_backoff_max_ms)
+            .field("redis_timeout_ms", redis_timeout_ms)
+            .field("order_timeout_ms", order_timeout_ms)
+            .field("max_pending_orders", max_pending_orders)
+            .field("history_maxlen", history_maxlen)
+            .field("replay_limit", replay_limit)
+            .field("publish_api_key", publish_api_key)
+            .field("publish_insecure", publish_insecure)
+            .field("jwt_secret", jwt_secret)
+            .field("jwt_leeway_secs", jwt_leeway_secs)
+            .field("public_topics", public_topics)
+            .field("log_format", log_format)
+            .field("trace_quote_ratio", trace_quote_ratio)
+            .field("trace_order_ratio", trace_order_ratio)
+            .field("demo", demo)
+            .field("demo_quote_rate", demo_quote_rate)
+            .field("demo_order_rate", demo_order_rate)
+            .field("demo_symbols", demo_symbols)
+            .field("demo_token", demo_token)
+            .finish()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -202,32 +297,7 @@ impl Default for Config {
     }
 }
 
-/// A configured secret: deserialised like a string, never shown by
-/// `Debug` (so never in logs).
-#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Secret(s.to_owned())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"<redacted>\"" })
-    }
-}
+pub use service::Secret;
 
 pub use service::ConfigError;
 
@@ -256,31 +326,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        if self.redis_cluster {
-            // Cluster nodes are reached over TCP; there is no unix:// seed.
-            if self.redis_url.is_empty() {
-                return Err(bad("redis_url", "redis_cluster needs at least one seed node".into()));
-            }
-            if let Some(seed) =
-                self.redis_seeds().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-            {
-                return Err(bad("redis_url", format!("seed {seed:?} must start with redis:// or rediss://")));
-            }
-        } else {
-            let url_ok = self.redis_url.is_empty()
-                || ["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s));
-            if !url_ok {
-                return Err(bad("redis_url", "must start with redis://, rediss:// or unix://".into()));
-            }
+        // Empty without a cluster: the in-memory backplane.
+        if self.redis_cluster || !self.redis_url.is_empty() {
+            redis_backplane::settings::check_url(&self.redis_url, self.redis_cluster)
+                .map_err(|e| bad("redis_url", e))?;
         }
-        if self.channel_prefix.is_empty() || self.channel_prefix.chars().any(char::is_whitespace) {
-            return Err(bad("channel_prefix", "must be non-empty, without spaces".into()));
-        }
-        // A brace in the prefix would change which part of a key Redis
-        // Cluster hashes, and a topic's keys would leave its channel's slot.
-        if self.redis_cluster && self.channel_prefix.contains(['{', '}']) {
-            return Err(bad("channel_prefix", "must not contain { or } with redis_cluster".into()));
-        }
+        redis_backplane::settings::check_prefix(&self.channel_prefix, self.redis_cluster)
+            .map_err(|e| bad("channel_prefix", e))?;
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
@@ -364,7 +416,7 @@ impl Config {
 
     /// The seed nodes of a Redis Cluster (`redis_url` split at commas).
     pub fn redis_seeds(&self) -> impl Iterator<Item = &str> {
-        self.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty())
+        redis_backplane::settings::seeds(&self.redis_url)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -492,5 +544,23 @@ mod tests {
         ]);
         let err = Config::load_from(None, braces).unwrap_err().to_string();
         assert!(err.contains("channel_prefix"), "{err}");
+    }
+
+    #[test]
+    fn cluster_without_a_seed_is_refused_at_start() {
+        // Once accepted (it is not empty), then failed later at connect.
+        for url in [",", " , ,"] {
+            let vars = env(&[("GATEWAY_REDIS_CLUSTER", "true"), ("GATEWAY_REDIS_URL", url)]);
+            let err = Config::load_from(None, vars).unwrap_err().to_string();
+            assert!(err.contains("redis_url") && err.contains("seed"), "{url:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_passwords_never_show_in_debug_output() {
+        let cfg = Config { redis_url: "redis://app:hunter2@10.0.0.1:6379/0".into(), ..Config::default() };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://app:<redacted>@10.0.0.1:6379/0"), "{shown}");
     }
 }

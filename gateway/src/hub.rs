@@ -1,9 +1,9 @@
 //! The hub: who is subscribed to what on this node.
 //!
-//! A map from topic to its local subscribers, split into shards by topic
+//! A map from topic to its local subscribers, split into slices by topic
 //! hash so subscribes and fan-outs on different topics never wait for one
 //! another. A fan-out takes a snapshot of the topic's subscribers under
-//! the shard lock (one reference count) and walks it after releasing it,
+//! the slice lock (one reference count) and walks it after releasing it,
 //! so a topic with thousands of subscribers never holds a lock while it
 //! delivers; adding or removing a subscriber costs the same for a topic
 //! of one and of 100,000 ([`crate::subscribers`]).
@@ -35,7 +35,9 @@ use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, Pushed};
 use crate::subscribers::Subscribers;
 
-const SHARDS: usize = 64;
+/// Slices of the topic map ("shards" in centrifuge; named apart from
+/// Redis Cluster shards and the broker's pub/sub connections).
+const SLICES: usize = 64;
 
 /// One feed message in this many is timed (publish latency, fan-out
 /// duration); every `orders.*` message is. Clock reads and histogram
@@ -46,8 +48,8 @@ pub const TIMED_EVERY: u64 = 8;
 /// queue wait is measured without a clock read per delivery.
 pub const QUEUE_WAIT_EVERY: u64 = 64;
 
-/// One shard of the topic map.
-type Shard = HashMap<Topic, Subscribers>;
+/// One slice of the topic map.
+type Slice = HashMap<Topic, Subscribers>;
 
 /// Identifies one connection for the life of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +62,7 @@ pub struct Subscriber {
 }
 
 pub struct Hub {
-    shards: Box<[Mutex<Shard>]>,
+    slices: Box<[Mutex<Slice>]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
     /// This node's id, named by its fan-out spans.
@@ -93,7 +95,7 @@ impl Fanout {
 impl Hub {
     pub fn new(metrics: Arc<Metrics>, node: &str) -> Self {
         Hub {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            slices: (0..SLICES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             metrics,
             node: node.into(),
@@ -102,16 +104,16 @@ impl Hub {
         }
     }
 
-    fn shard(&self, topic: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let idx = self.hasher.hash_one(topic) as usize % SHARDS;
-        self.shards[idx].lock().unwrap_or_else(PoisonError::into_inner)
+    fn slice(&self, topic: &str) -> std::sync::MutexGuard<'_, Slice> {
+        let idx = self.hasher.hash_one(topic) as usize % SLICES;
+        self.slices[idx].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds `sub` to `topic` (replacing its connection's entry if it has
     /// one); returns true if it is the topic's first.
     pub fn subscribe(&self, topic: &Topic, sub: Subscriber) -> bool {
-        let mut shard = self.shard(topic.as_str());
-        let first = match shard.get_mut(topic.as_str()) {
+        let mut slice = self.slice(topic.as_str());
+        let first = match slice.get_mut(topic.as_str()) {
             Some(list) => {
                 list.insert(sub);
                 false
@@ -119,11 +121,11 @@ impl Hub {
             None => {
                 let mut list = Subscribers::default();
                 list.insert(sub);
-                shard.insert(topic.clone(), list);
+                slice.insert(topic.clone(), list);
                 true
             }
         };
-        drop(shard);
+        drop(slice);
         if first {
             self.metrics.topics.inc();
         }
@@ -133,8 +135,8 @@ impl Hub {
     /// Removes `conn` from `topic`; returns true if the topic is now empty
     /// (the caller releases the backplane subscription).
     pub fn unsubscribe(&self, topic: &str, conn: ConnId) -> bool {
-        let mut shard = self.shard(topic);
-        let Some(list) = shard.get_mut(topic) else {
+        let mut slice = self.slice(topic);
+        let Some(list) = slice.get_mut(topic) else {
             return false;
         };
         if !list.remove(conn) {
@@ -142,9 +144,9 @@ impl Hub {
         }
         let empty = list.is_empty();
         if empty {
-            shard.remove(topic);
+            slice.remove(topic);
         }
-        drop(shard);
+        drop(slice);
         if empty {
             self.metrics.topics.dec();
         }
@@ -152,23 +154,13 @@ impl Hub {
     }
 
     pub fn has_subscribers(&self, topic: &str) -> bool {
-        self.shard(topic).contains_key(topic)
-    }
-
-    /// Every topic with local subscribers (to resubscribe after a
-    /// backplane reconnect).
-    pub fn topics(&self) -> Vec<Topic> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            all.extend(shard.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned());
-        }
-        all
+        self.slice(topic).contains_key(topic)
     }
 
     /// Delivers a frame to every local subscriber of its topic.
     pub fn dispatch(&self, delivery: Delivery) -> Fanout {
         let Some((list, subscribers)) =
-            self.shard(delivery.topic.as_str()).get(delivery.topic.as_str()).map(|l| (l.snapshot(), l.len()))
+            self.slice(delivery.topic.as_str()).get(delivery.topic.as_str()).map(|l| (l.snapshot(), l.len()))
         else {
             return Fanout::default();
         };

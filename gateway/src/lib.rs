@@ -2,24 +2,30 @@
 //!
 //! Clients speak the JSON protocol of `shared/spec/protocol.md` on `/ws`
 //! (or `/channels`). The [`hub`] knows who is subscribed here, the
-//! [`broker`] carries messages between nodes (Redis or in-memory), each
-//! [`connection`] runs one socket, and [`server`] glues them together.
+//! `broker` carries messages between nodes (Redis or in-memory), each
+//! `connection` runs one socket, and `server` glues them together.
+//!
+//! Modules are crate-private unless used outside: [`config`] (tests and
+//! the testkit build configs), [`hub`], [`outbox`] and [`metrics`] (the
+//! ingest benchmark), and [`run`] with [`raise_open_file_limit`] (the
+//! binary).
 
-pub mod auth;
-pub mod broker;
+pub(crate) mod auth;
+pub(crate) mod broker;
 pub mod config;
-pub mod connection;
-pub mod demo;
-pub mod http;
+pub(crate) mod connection;
+pub(crate) mod demo;
+pub(crate) mod http;
 pub mod hub;
-pub mod listener;
+pub(crate) mod listener;
 pub mod metrics;
-pub mod node;
+pub(crate) mod node;
 pub mod outbox;
-pub mod page;
-pub mod requests;
-pub mod server;
-pub mod subscribers;
+pub(crate) mod page;
+pub(crate) mod requests;
+pub(crate) mod server;
+pub(crate) mod subscribers;
 
 pub use config::Config;
+pub use node::raise_open_file_limit;
 pub use server::run;

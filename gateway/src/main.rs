@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let files = gateway::node::raise_open_file_limit();
+    let files = gateway::raise_open_file_limit();
     tracing::debug!(files, "open-file limit");
     let addr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

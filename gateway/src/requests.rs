@@ -61,10 +61,12 @@ impl Requests {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

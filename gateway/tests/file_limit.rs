@@ -4,19 +4,11 @@
 //! are not disturbed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use testkit::process::Process;
 use testkit::*;
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the gateway binary with at most `files` open files.
 async fn gateway_with_file_limit(files: u32, extra_env: &[(&str, &str)]) -> (Process, std::net::SocketAddr) {
@@ -33,7 +25,7 @@ async fn gateway_with_file_limit(files: u32, extra_env: &[(&str, &str)]) -> (Pro
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let process = Process(cmd.spawn().unwrap());
+    let process = Process::adopt("gateway", cmd.spawn().unwrap());
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "gateway did not start");
@@ -83,11 +75,11 @@ async fn accept_failures_back_off_and_spare_existing_clients() {
     }
     assert!(clients.len() >= 30, "only {} clients got in", clients.len());
     // At the limit, the node must not spin on accept errors.
-    let before = cpu_ticks(gw.0.id());
+    let before = cpu_ticks(gw.pid().unwrap());
     let pending: Vec<_> =
         (0..5).map(|_| tokio::spawn(tokio_tungstenite::connect_async(url.clone()))).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let used = cpu_ticks(gw.0.id()) - before;
+    let used = cpu_ticks(gw.pid().unwrap()) - before;
     assert!(used < 50, "gateway burned {used} ticks (1/100 s) in 2 s while at its file limit");
     // Existing clients are served throughout.
     for c in clients.iter_mut() {

@@ -5,24 +5,16 @@
 //! documented code, and the node's memory stays bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use testkit::process::Process;
 use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "hostile-test-secret";
 const KEY: &str = "publish-key";
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn publish(addr: std::net::SocketAddr, topic: &str, n: u64) {
     let body = format!(r#"{{"topic":"{topic}","data":{{"n":{n},"sent":{}}}}}"#, wire::now_ms());
@@ -48,7 +40,8 @@ async fn close_code_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_do_not_disturb_well_behaved_ones() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gateway = Process(
+    let gateway = Process::adopt(
+        "gateway",
         Command::new(env!("CARGO_BIN_EXE_gateway"))
             .env("GATEWAY_LISTEN", addr.to_string())
             .env("GATEWAY_JWT_SECRET", SECRET)

@@ -4,19 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use testkit::process::Process;
 use testkit::*;
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the gateway binary; its stderr (logs) goes to `log`.
 async fn gateway(env: &[(&str, &str)], log: &Path) -> (Process, std::net::SocketAddr) {
@@ -31,7 +23,7 @@ async fn gateway(env: &[(&str, &str)], log: &Path) -> (Process, std::net::Socket
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let process = Process(cmd.spawn().unwrap());
+    let process = Process::adopt("gateway", cmd.spawn().unwrap());
     eventually("the gateway to listen", || async move { tokio::net::TcpStream::connect(addr).await.ok() })
         .await;
     (process, addr)
@@ -176,7 +168,7 @@ async fn rediss_url_with_a_private_ca() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _redis = Process(child);
+    let _redis = Process::adopt("redis-server", child);
     let url = format!("rediss://localhost:{port}");
     let ca = dir.join("ca.pem");
     // The CA is trusted the standard way: SSL_CERT_FILE.

@@ -4,19 +4,11 @@
 //! clients' latency does not move beyond noise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use testkit::process::Process;
 use testkit::*;
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const PAD: usize = 8_000;
 
@@ -78,7 +70,8 @@ async fn stalled_clients_cost_bounded_memory_and_nobody_else_latency() {
     let redis = TestRedis::get().await;
     let prefix = unique_prefix();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _gateway = Process(
+    let _gateway = Process::adopt(
+        "gateway",
         Command::new(env!("CARGO_BIN_EXE_gateway"))
             .env("GATEWAY_LISTEN", addr.to_string())
             .env("GATEWAY_REDIS_URL", redis.url())

@@ -533,9 +533,9 @@ async fn sleep_until_us(at_us: u64) {
 /// Delay before reconnect attempt number `failures` (0-based): doubling
 /// from `initial` up to `max`, then a random half to all of it, so a
 /// gateway restart is not met by every client at the same instant.
+/// (`service::backoff`, the schedule of every retry loop.)
 pub fn backoff(failures: u32, initial: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
-    let exp = initial.saturating_mul(1u32.checked_shl(failures.min(20)).unwrap_or(u32::MAX));
-    exp.min(max).mul_f64(rng.random_range(0.5..=1.0))
+    service::backoff::jitter(service::backoff::step(failures, initial, max), rng)
 }
 
 /// Appends `token=…` (percent-encoded) to the upgrade URL's query.

@@ -5,13 +5,14 @@
 //! `publisher.example.toml` at the repository root documents every key.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use service::Layers;
 use service::telemetry::LogFormat;
+use service::{Layers, Secret};
 
 /// Environment variables are `PUBLISHER_` + the key in upper case.
 pub const ENV_PREFIX: &str = "PUBLISHER";
@@ -26,7 +27,7 @@ const TICKERS: [&str; 20] = [
     "MA", "PG", "HD", "CVX", "KO", "PEP",
 ];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address of the HTTP server (publish API, health, metrics).
@@ -82,7 +83,7 @@ pub struct Config {
     pub drain_ms: u64,
     /// Bearer key that `POST /publish` requires; empty closes the endpoint
     /// unless `publish_insecure` opens it.
-    pub publish_api_key: String,
+    pub publish_api_key: Secret,
     /// Opens `POST /publish` without a key to anyone who reaches the port.
     pub publish_insecure: bool,
     /// Log lines: "text", "json", or "" for `LOG_FORMAT` (else text).
@@ -94,6 +95,71 @@ pub struct Config {
     /// Share of order requests arriving without a sampled context, and of
     /// simulated orders, that start a trace.
     pub trace_order_ratio: f64,
+}
+
+/// As a derived `Debug`, with the password of `redis_url` replaced (the
+/// secrets are [`Secret`]s). Destructured, so a new field cannot be left out.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Config {
+            listen,
+            redis_url,
+            redis_cluster,
+            channel_prefix,
+            symbols,
+            symbol_count,
+            quote_rate,
+            burst_factor,
+            burst_every_ms,
+            burst_len_ms,
+            accounts,
+            order_rate,
+            fill_delay_ms,
+            cancel_ratio,
+            history_maxlen,
+            replica_id,
+            request_claim_idle_ms,
+            request_max_age_ms,
+            outage_buffer,
+            redis_timeout_ms,
+            redis_backoff_max_ms,
+            drain_ms,
+            publish_api_key,
+            publish_insecure,
+            log_format,
+            trace_quote_ratio,
+            trace_order_ratio,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("redis_url", &redis_backplane::settings::redacted_url(redis_url))
+            .field("redis_cluster", redis_cluster)
+            .field("channel_prefix", channel_prefix)
+            .field("symbols", symbols)
+            .field("symbol_count", symbol_count)
+            .field("quote_rate", quote_rate)
+            .field("burst_factor", burst_factor)
+            .field("burst_every_ms", burst_every_ms)
+            .field("burst_len_ms", burst_len_ms)
+            .field("accounts", accounts)
+            .field("order_rate", order_rate)
+            .field("fill_delay_ms", fill_delay_ms)
+            .field("cancel_ratio", cancel_ratio)
+            .field("history_maxlen", history_maxlen)
+            .field("replica_id", replica_id)
+            .field("request_claim_idle_ms", request_claim_idle_ms)
+            .field("request_max_age_ms", request_max_age_ms)
+            .field("outage_buffer", outage_buffer)
+            .field("redis_timeout_ms", redis_timeout_ms)
+            .field("redis_backoff_max_ms", redis_backoff_max_ms)
+            .field("drain_ms", drain_ms)
+            .field("publish_api_key", publish_api_key)
+            .field("publish_insecure", publish_insecure)
+            .field("log_format", log_format)
+            .field("trace_quote_ratio", trace_quote_ratio)
+            .field("trace_order_ratio", trace_order_ratio)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -121,7 +187,7 @@ impl Default for Config {
             redis_timeout_ms: 3_000,
             redis_backoff_max_ms: 2_000,
             drain_ms: 5_000,
-            publish_api_key: String::new(),
+            publish_api_key: Secret::default(),
             publish_insecure: false,
             log_format: LogFormat::Auto,
             trace_quote_ratio: 0.01,
@@ -153,27 +219,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        if self.redis_cluster {
-            // Cluster nodes are reached over TCP; there is no unix:// seed.
-            if self.redis_seeds().next().is_none() {
-                return Err(bad("redis_url", "redis_cluster needs at least one seed node".into()));
-            }
-            if let Some(seed) =
-                self.redis_seeds().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-            {
-                return Err(bad("redis_url", format!("seed {seed:?} must start with redis:// or rediss://")));
-            }
-        } else if !["redis://", "rediss://", "unix://"].iter().any(|s| self.redis_url.starts_with(s)) {
-            return Err(bad("redis_url", "must start with redis://, rediss:// or unix://".into()));
-        }
-        if self.channel_prefix.is_empty() || self.channel_prefix.chars().any(char::is_whitespace) {
-            return Err(bad("channel_prefix", "must be non-empty, without spaces".into()));
-        }
-        // A brace in the prefix would change which part of a key Redis
-        // Cluster hashes, and a topic's keys would leave its channel's slot.
-        if self.redis_cluster && self.channel_prefix.contains(['{', '}']) {
-            return Err(bad("channel_prefix", "must not contain { or } with redis_cluster".into()));
-        }
+        redis_backplane::settings::check_url(&self.redis_url, self.redis_cluster)
+            .map_err(|e| bad("redis_url", e))?;
+        redis_backplane::settings::check_prefix(&self.channel_prefix, self.redis_cluster)
+            .map_err(|e| bad("channel_prefix", e))?;
         if self.replica_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("replica_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
@@ -234,7 +283,7 @@ impl Config {
 
     /// The seed nodes of a Redis Cluster (`redis_url` split at commas).
     pub fn redis_seeds(&self) -> impl Iterator<Item = &str> {
-        self.redis_url.split(',').map(str::trim).filter(|u| !u.is_empty())
+        redis_backplane::settings::seeds(&self.redis_url)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -380,5 +429,18 @@ mod tests {
             let err = Config::load_from(None, vars).unwrap_err().to_string();
             assert!(err.contains(key), "{url} {prefix}: {err}");
         }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let cfg = Config {
+            publish_api_key: "k3y".into(),
+            redis_url: "redis://:hunter2@10.0.0.1:6379".into(),
+            ..Config::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("k3y"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("10.0.0.1:6379"), "{shown}");
     }
 }

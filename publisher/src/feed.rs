@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backplane::{Backplane, TopicBatch};
 use crate::market::{Market, Quote};
 use crate::metrics::Metrics;
-use crate::outage::{Backoff, Outage};
+use crate::outage::{self, Outage};
 
 /// How often the feed wakes up to send what it owes.
 const TICK: Duration = Duration::from_millis(5);
@@ -158,7 +158,7 @@ pub async fn run(
     let start = Instant::now();
     let mut last = start;
     let mut owed = 0.0f64;
-    let mut backoff = Backoff::new(backoff_max);
+    let mut backoff = outage::backoff(backoff_max);
     let mut resume_at: Option<Instant> = None;
     loop {
         tokio::select! {

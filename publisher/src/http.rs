@@ -22,7 +22,7 @@ use wire::{ErrorCode, TopicFamily};
 use service::telemetry::trace;
 
 use crate::backplane::{self, OrderUpdate, WriteError};
-use crate::outage::Backoff;
+use crate::outage;
 use crate::state::Shared;
 
 pub async fn healthz() -> &'static str {
@@ -59,7 +59,9 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Re
 pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let cfg = &shared.config;
-    if let Err(denied) = wire::publish::authorize(authorization, &cfg.publish_api_key, cfg.publish_insecure) {
+    if let Err(denied) =
+        wire::publish::authorize(authorization, cfg.publish_api_key.expose(), cfg.publish_insecure)
+    {
         let status = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
         let (code, message) = denied.explain();
         return refuse(status, code, message);
@@ -119,7 +121,7 @@ pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
 /// until Redis takes it or `redis_timeout` has passed.
 async fn write_update(shared: &Shared, update: OrderUpdate) -> Result<u64, WriteError> {
     let deadline = Instant::now() + shared.config.redis_timeout();
-    let mut backoff = Backoff::new(shared.config.redis_backoff_max());
+    let mut backoff = outage::backoff(shared.config.redis_backoff_max());
     loop {
         match shared.backplane.write_updates(std::slice::from_ref(&update)).await {
             Ok(written) => {

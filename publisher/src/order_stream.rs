@@ -25,7 +25,7 @@ use crate::backplane::{BoxFuture, WriteError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::order_desk::{Answer, BATCH, Incoming, OrderDesk};
-use crate::outage::{Backoff, Outage};
+use crate::outage::{self, Backoff, Outage};
 use crate::redis_link::Conn;
 use crate::redis_writer::RedisWriter;
 
@@ -71,7 +71,7 @@ impl StreamDesk {
             claim_idle_ms: config.request_claim_idle_ms,
             claim_every: config.request_claim_idle() / 2,
             block,
-            backoff: Backoff::new(config.redis_backoff_max()),
+            backoff: outage::backoff(config.redis_backoff_max()),
             conn: None,
             own_pending_first: true,
             group_ready: false,

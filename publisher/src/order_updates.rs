@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backplane::{Backplane, OrderUpdate};
 use crate::metrics::Metrics;
-use crate::outage::{Backoff, Outage};
+use crate::outage::{self, Backoff, Outage};
 
 /// Updates written per pipeline.
 pub const BATCH: usize = 256;
@@ -75,7 +75,7 @@ impl UpdateWriter {
     /// The caller bounds the final flush with a timeout.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut batch: Vec<OrderUpdate> = Vec::with_capacity(BATCH);
-        let mut backoff = Backoff::new(self.backoff_max);
+        let mut backoff = outage::backoff(self.backoff_max);
         loop {
             if stop.is_cancelled() {
                 while batch.len() < BATCH {

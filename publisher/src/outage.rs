@@ -5,14 +5,14 @@
 //! probe); when it goes away they all fail at once, many times a second.
 //! [`Outage`] turns that into one `warn` when the outage starts, one
 //! `info` when it ends and one count in `/metrics`, and drives `/readyz`.
-//! [`Backoff`] spaces retries with jitter so replicas do not stampede a
-//! restarting Redis.
+//! [`backoff`] spaces retries with jitter (`service::Backoff`) so replicas
+//! do not stampede a restarting Redis.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rand::Rng;
+pub use service::Backoff;
 
 use crate::metrics::Metrics;
 
@@ -69,30 +69,12 @@ impl Outage {
     }
 }
 
-/// Exponential backoff with jitter, from 50 ms up to a cap.
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
+/// First step of every retry loop's backoff while Redis is away.
+const BACKOFF_START: Duration = Duration::from_millis(50);
 
-impl Backoff {
-    const START: Duration = Duration::from_millis(50);
-
-    pub fn new(max: Duration) -> Self {
-        Backoff { next: Self::START.min(max), max }
-    }
-
-    /// The delay before the next attempt: the current step scaled by a
-    /// random factor in [0.5, 1), then the step doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next.mul_f64(rand::rng().random_range(0.5..1.0));
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Self::START.min(self.max);
-    }
+/// The backoff of a retry loop: jittered, from 50 ms up to `max`.
+pub fn backoff(max: Duration) -> Backoff {
+    Backoff::new(BACKOFF_START, max)
 }
 
 #[cfg(test)]
@@ -116,7 +98,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(400));
+        let mut b = backoff(Duration::from_millis(400));
         let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
         assert!(delays[0] < Duration::from_millis(50));
         assert!(delays.iter().all(|d| *d < Duration::from_millis(400)));

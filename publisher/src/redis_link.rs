@@ -12,16 +12,16 @@
 //! one pipeline per slot, all in flight at once, keeping the order of the
 //! commands of each slot (a topic's updates are in one slot).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::Pool;
 use futures_util::future::{join_all, try_join_all};
 use redis::aio::ConnectionLike;
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 use tokio::time::timeout;
 
@@ -79,9 +79,7 @@ impl Link {
     /// The link `config` asks for; nothing connects until first use.
     pub fn open(config: &Config) -> Result<Link, WriteError> {
         if config.redis_cluster {
-            let client = ClusterClientBuilder::new(config.redis_seeds())
-                .connection_timeout(config.redis_timeout())
-                .response_timeout(config.redis_timeout())
+            let client = redis_backplane::cluster_client(config.redis_seeds(), config.redis_timeout())
                 .build()
                 .map_err(|e| WriteError::Pool(format!("invalid redis_url: {e}")))?;
             Ok(Link::Cluster(Box::new(ClusterLink {
@@ -127,7 +125,7 @@ impl Link {
         };
         let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
         let slots = cluster.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), random).await?;
-        let masters = slot_masters(&slots);
+        let masters = redis_backplane::slots::slot_masters(&slots);
         if masters.is_empty() {
             return Err(WriteError::Reply("CLUSTER SLOTS listed no master".into()));
         }
@@ -176,61 +174,9 @@ pub async fn run_by_slot(conn: &ClusterConnection, cmds: Vec<(u16, Cmd)>) -> Res
     Ok(replies)
 }
 
-/// The distinct masters (host, port) of a `CLUSTER SLOTS` reply.
-fn slot_masters(reply: &Value) -> HashSet<(String, u16)> {
-    let Value::Array(ranges) = reply else {
-        return HashSet::new();
-    };
-    ranges
-        .iter()
-        .filter_map(|range| {
-            let Value::Array(fields) = range else { return None };
-            let Some(Value::Array(master)) = fields.get(2) else { return None };
-            let host = match master.first()? {
-                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                Value::SimpleString(s) => s.clone(),
-                _ => return None,
-            };
-            let Some(Value::Int(port)) = master.get(1) else { return None };
-            Some((host, u16::try_from(*port).ok()?))
-        })
-        .collect()
-}
-
 /// A connection pool whose commands fail after `timeout` instead of
-/// hanging on a Redis that went away.
+/// hanging on a Redis that went away (built by `redis_backplane::pool`).
 pub fn pool(url: &str, timeout: Duration, size: usize) -> Result<Pool, WriteError> {
-    let conn_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let manager = deadpool_redis::Manager::new_with_config(url, conn_config)
-        .map_err(|e| WriteError::Pool(format!("invalid redis_url: {e}")))?;
-    Pool::builder(manager)
-        .max_size(size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .build()
-        .map_err(|e| WriteError::Pool(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_masters_of_cluster_slots() {
-        let range = |start, end, port| {
-            Value::Array(vec![
-                Value::Int(start),
-                Value::Int(end),
-                Value::Array(vec![Value::BulkString(b"10.0.0.1".to_vec()), Value::Int(port)]),
-            ])
-        };
-        let reply = Value::Array(vec![range(0, 100, 7001), range(101, 200, 7002), range(201, 16383, 7001)]);
-        let masters = slot_masters(&reply);
-        assert_eq!(masters.len(), 2);
-        assert!(masters.contains(&("10.0.0.1".to_string(), 7002)));
-    }
+    let options = redis_backplane::PoolOptions { size, timeout, command_timeout: Some(timeout) };
+    redis_backplane::pool(url, options).map_err(|e| WriteError::Pool(e.to_string()))
 }

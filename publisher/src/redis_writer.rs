@@ -25,27 +25,23 @@
 use std::sync::{Mutex, PoisonError};
 
 use deadpool_redis::Pool;
-use redis::{Cmd, Pipeline, Script, Value};
+use redis::{Cmd, Pipeline, Value};
+use redis_backplane::scripts::{self, PublishCommand, Scripts};
 use wire::keys;
-use wire::scripts::PublishCommand;
 
 use crate::backplane::{Backplane, BoxFuture, OrderUpdate, TopicBatch, WriteError, Written};
 use crate::config::Config;
 pub use crate::redis_link::pool;
 use crate::redis_link::{self, Conn, Link};
 
+pub use redis_backplane::scripts::DEDUPE_TTL_SECS;
 pub use wire::keys::dedupe as dedupe_key;
-pub use wire::scripts::DEDUPE_TTL_SECS;
-use wire::scripts::{BATCH_SCRIPT, UPDATE_SCRIPT};
 
 pub struct RedisWriter {
     link: Link,
-    prefix: String,
-    history_maxlen: u64,
-    /// `PUBLISH` on one server, `SPUBLISH` on a cluster.
-    publish: PublishCommand,
-    batch_script: Script,
-    update_script: Script,
+    /// The publish scripts' calls, with `PUBLISH` on one server and
+    /// `SPUBLISH` on a cluster.
+    scripts: Scripts,
     /// A connection kept between [`Backplane::publish`] calls: taking one
     /// from the pool costs a PING (deadpool's recycle check), which would
     /// double the feed's round trips.
@@ -64,19 +60,11 @@ impl RedisWriter {
 
     fn with_link(link: Link, prefix: String, history_maxlen: u64) -> Self {
         let publish = PublishCommand::for_cluster(matches!(link, Link::Cluster(_)));
-        RedisWriter {
-            link,
-            prefix,
-            history_maxlen,
-            publish,
-            batch_script: Script::new(BATCH_SCRIPT),
-            update_script: Script::new(UPDATE_SCRIPT),
-            kept: Mutex::new(None),
-        }
+        RedisWriter { link, scripts: Scripts::new(&prefix, publish, history_maxlen), kept: Mutex::new(None) }
     }
 
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.scripts.prefix()
     }
 
     /// A connection (commands time out after `redis_timeout`).
@@ -98,23 +86,14 @@ impl RedisWriter {
     ) -> Result<Vec<u64>, WriteError> {
         let mut calls = Vec::new();
         for b in batches.iter().filter(|b| !b.tails.is_empty()) {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.batch_script.get_hash())
-                .arg(2)
-                .arg(keys::seq_counter(&self.prefix, &b.topic))
-                .arg(keys::last_value(&self.prefix, &b.topic))
-                .arg(self.publish.as_str())
-                .arg(keys::channel(&self.prefix, &b.topic))
-                .arg(&b.head)
-                .arg(if b.store_last { "1" } else { "0" })
-                .arg(&b.tails);
-            calls.push((self.slot(&b.topic), cmd));
+            let cmd = self.scripts.batch(&b.topic, &b.head, b.store_last, &b.tails);
+            calls.push((self.scripts.slot(&b.topic), cmd));
         }
         if calls.is_empty() {
             return Ok(Vec::new());
         }
         let values = self.run(conn, calls).await?;
-        values.iter().map(|v| as_u64(v).ok_or_else(|| WriteError::Reply(format!("{v:?}")))).collect()
+        values.iter().map(|v| scripts::as_u64(v).ok_or_else(|| WriteError::Reply(format!("{v:?}")))).collect()
     }
 
     /// Writes order updates in one pipeline, in order. Safe to repeat with
@@ -127,29 +106,15 @@ impl RedisWriter {
         let mut calls = Vec::with_capacity(updates.len());
         for u in updates {
             let topic = u.topic.as_str();
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.update_script.get_hash())
-                .arg(3)
-                .arg(keys::seq_counter(&self.prefix, topic))
-                .arg(keys::history(&self.prefix, topic))
-                .arg(dedupe_key(&self.prefix, topic, &u.id))
-                .arg(self.publish.as_str())
-                .arg(keys::channel(&self.prefix, topic))
-                .arg(&u.head)
-                .arg(&u.tail)
-                .arg(self.history_maxlen)
-                .arg(DEDUPE_TTL_SECS);
-            calls.push((self.slot(topic), cmd));
+            let cmd = self.scripts.update(topic, &u.id, &u.head, &u.tail);
+            calls.push((self.scripts.slot(topic), cmd));
         }
         let values = self.run(&mut conn, calls).await?;
         values
             .iter()
-            .map(|v| match v {
-                Value::Array(items) if items.len() == 2 => match (as_u64(&items[0]), as_u64(&items[1])) {
-                    (Some(seq), Some(dup)) => Ok(Written { seq, duplicate: dup == 1 }),
-                    _ => Err(WriteError::Reply(format!("{v:?}"))),
-                },
-                other => Err(WriteError::Reply(format!("{other:?}"))),
+            .map(|v| match scripts::update_reply(v) {
+                Some((seq, duplicate)) => Ok(Written { seq, duplicate }),
+                None => Err(WriteError::Reply(format!("{v:?}"))),
             })
             .collect()
     }
@@ -173,7 +138,7 @@ impl RedisWriter {
             Conn::Single(c) => {
                 let mut pipe = redis::pipe();
                 for (channel, json) in replies {
-                    pipe.cmd(self.publish.as_str()).arg(channel).arg(json).ignore();
+                    pipe.cmd(self.scripts.command().as_str()).arg(channel).arg(json).ignore();
                 }
                 pipe.add_command(ack).ignore();
                 pipe.query_async::<()>(c).await?;
@@ -182,7 +147,7 @@ impl RedisWriter {
                 let sends = replies
                     .iter()
                     .map(|(channel, json)| {
-                        let mut cmd = redis::cmd(self.publish.as_str());
+                        let mut cmd = redis::cmd(self.scripts.command().as_str());
                         cmd.arg(channel).arg(json);
                         (keys::cluster_slot(channel), cmd)
                     })
@@ -194,19 +159,13 @@ impl RedisWriter {
         Ok(())
     }
 
-    /// The cluster slot a topic's keys and channel live in.
-    fn slot(&self, topic: &str) -> u16 {
-        keys::cluster_slot(&keys::channel(&self.prefix, topic))
-    }
-
     /// Runs EVALSHA calls (each with its slot), loading the scripts once
     /// if Redis lost them (a restart empties its script cache).
     async fn run(&self, conn: &mut Conn, calls: Vec<(u16, Cmd)>) -> Result<Vec<Value>, WriteError> {
         match self.run_once(conn, &calls).await {
-            Err(WriteError::Redis(e)) if e.code() == Some("NOSCRIPT") => {
+            Err(WriteError::Redis(e)) if scripts::is_noscript(&e) => {
                 // SCRIPT LOAD goes to every node of a cluster.
-                self.batch_script.load_async(conn).await?;
-                self.update_script.load_async(conn).await?;
+                self.scripts.load(conn).await?;
                 self.run_once(conn, &calls).await
             }
             other => other,
@@ -261,13 +220,6 @@ impl Backplane for RedisWriter {
             Link::Single(_) => "redis",
             Link::Cluster(_) => "redis-cluster",
         }
-    }
-}
-
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        _ => None,
     }
 }
 

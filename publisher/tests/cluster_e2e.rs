@@ -4,21 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use testkit::process::Process;
 use testkit::*;
 
 /// The publisher binary, killed when dropped.
 struct Publisher {
-    child: Child,
+    _process: Process,
     addr: SocketAddr,
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts the publisher on `cluster` and waits until its `/readyz` says
@@ -40,7 +34,7 @@ async fn start_publisher(cluster: &RedisCluster, env: &[(&str, &str)]) -> Publis
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let publisher = Publisher { child: cmd.spawn().unwrap(), addr };
+    let publisher = Publisher { _process: Process::adopt("publisher", cmd.spawn().unwrap()), addr };
     eventually("the publisher to be ready", || async move {
         // Not listening yet is not a failure (`http` would panic on it).
         tokio::net::TcpStream::connect(addr).await.ok()?;

@@ -2,22 +2,14 @@
 //! process, and a gateway node with real WebSocket clients on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use testkit::process::Process;
 use testkit::*;
 
-/// The publisher binary, killed when dropped.
-struct Publisher(Child);
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_publisher(redis_url: &str, prefix: &str, env: &[(&str, &str)]) -> Publisher {
+/// Starts the publisher binary, killed when its guard is dropped.
+fn start_publisher(redis_url: &str, prefix: &str, env: &[(&str, &str)]) -> Process {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_publisher"));
     cmd.env("PUBLISHER_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("PUBLISHER_REDIS_URL", redis_url)
@@ -32,7 +24,7 @@ fn start_publisher(redis_url: &str, prefix: &str, env: &[(&str, &str)]) -> Publi
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Publisher(cmd.spawn().unwrap())
+    Process::adopt("publisher", cmd.spawn().unwrap())
 }
 
 #[tokio::test]

@@ -172,25 +172,16 @@ impl RedisCluster {
     /// The index in `nodes` of the master serving `key`'s slot (or a
     /// sharded channel's), from `CLUSTER SLOTS`.
     pub async fn owner_of(&self, key: &str) -> usize {
-        let slot = i64::from(wire::keys::cluster_slot(key));
+        let slot = wire::keys::cluster_slot(key);
         let mut c = self.node_connection(0).await;
-        let ranges: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
-        let Value::Array(ranges) = ranges else { panic!("CLUSTER SLOTS answered {ranges:?}") };
-        for range in ranges {
-            let Value::Array(fields) = range else { continue };
-            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
-                (fields.first(), fields.get(1), fields.get(2))
-            else {
-                continue;
-            };
-            if (*start..=*end).contains(&slot)
-                && let Some(Value::Int(port)) = master.get(1)
-                && let Some(index) = self.nodes.iter().position(|n| i64::from(n.port) == *port)
-            {
-                return index;
-            }
-        }
-        panic!("no master serves slot {slot} of {key}");
+        let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
+        let ranges = redis_backplane::slots::slot_ranges(&reply);
+        assert!(!ranges.is_empty(), "CLUSTER SLOTS answered {reply:?}");
+        ranges
+            .iter()
+            .filter(|r| r.contains(slot))
+            .find_map(|r| self.nodes.iter().position(|n| n.port == r.port))
+            .unwrap_or_else(|| panic!("no master serves slot {slot} of {key}"))
     }
 
     /// `PUBSUB SHARDNUMSUB channel` on the master that owns the channel:

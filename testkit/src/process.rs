@@ -46,11 +46,15 @@ impl Drop for Scratch {
     }
 }
 
-/// A child process, SIGKILLed and reaped when dropped.
+/// A child process, SIGKILLed and reaped when dropped. The one process
+/// guard of the tests: started here with its output in a log file
+/// ([`Process::spawn`]), or adopted after the test spawned it
+/// ([`Process::adopt`]).
 pub struct Process {
     name: String,
     child: Option<Child>,
-    log: PathBuf,
+    /// Where its output goes, when started by [`Process::spawn`].
+    log: Option<PathBuf>,
 }
 
 impl Process {
@@ -59,7 +63,12 @@ impl Process {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
-        Process { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
+        Process { name: name.to_string(), child: Some(child), log: Some(log.to_path_buf()) }
+    }
+
+    /// Guards a child the caller spawned (with its own stdio).
+    pub fn adopt(name: &str, child: Child) -> Process {
+        Process { name: name.to_string(), child: Some(child), log: None }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -120,7 +129,8 @@ impl Process {
 
     /// The last `lines` lines of the process's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let Some(log) = &self.log else { return String::new() };
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -128,13 +138,10 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- last lines of {} ({}) ----\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(30)
-            );
+        if std::thread::panicking()
+            && let Some(log) = &self.log
+        {
+            eprintln!("---- last lines of {} ({}) ----\n{}", self.name, log.display(), self.log_tail(30));
         }
         self.kill();
     }

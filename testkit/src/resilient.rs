@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
+use service::Backoff;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,7 +28,8 @@ pub struct Options {
     /// subscribes use the last `seq` received.
     pub topics: Vec<(String, Option<u64>)>,
     /// First reconnect delay; doubled per failed attempt up to
-    /// `backoff_max`, each delay drawn from [½, 1] of its value.
+    /// `backoff_max`, each delay drawn from [½, 1) of its value
+    /// (`service::Backoff`).
     pub backoff_start: Duration,
     pub backoff_max: Duration,
 }
@@ -154,18 +155,14 @@ impl Drop for ResilientClient {
 }
 
 async fn run(options: Options, record: Arc<Mutex<Record>>) {
-    let mut backoff = options.backoff_start;
+    let mut backoff = Backoff::new(options.backoff_start, options.backoff_max);
     loop {
         match session(&options, &record).await {
             // Got in: the next outage starts from the shortest delay again.
-            Ok(()) => backoff = options.backoff_start,
-            Err(()) => {
-                lock(&record).failed_connects += 1;
-                backoff = (backoff * 2).min(options.backoff_max);
-            }
+            Ok(()) => backoff.reset(),
+            Err(()) => lock(&record).failed_connects += 1,
         }
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
-        tokio::time::sleep(jittered).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -58,15 +58,12 @@ impl RedisBroker {
     ) -> Result<Self, BrokerError> {
         let client = redis::Client::open(config.redis_url.as_str())
             .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
-        let pool = deadpool_redis::Config::from_url(config.redis_url.clone())
-            .builder()
-            .map_err(|e| BrokerError::Unavailable(format!("redis pool: {e}")))?
-            .max_size(16)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .wait_timeout(Some(config.redis_timeout()))
-            .create_timeout(Some(config.redis_timeout()))
-            .build()
-            .map_err(|e| BrokerError::Unavailable(format!("redis pool: {e}")))?;
+        // Calls on the pool are bounded here (`query`, `publish`), which
+        // answer `BrokerError::Timeout`: no second bound per command.
+        let options =
+            redis_backplane::PoolOptions { size: 16, timeout: config.redis_timeout(), command_timeout: None };
+        let pool = redis_backplane::pool(&config.redis_url, options)
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.redis_timeout()))
             .set_response_timeout(Some(config.redis_timeout()))

@@ -1,12 +1,12 @@
 //! The commands both Redis backplanes send outside pub/sub: publishing
-//! through the shared scripts (`wire::scripts`), snapshot and history
+//! through the shared scripts (`redis_backplane::scripts`), snapshot and history
 //! reads, order requests. Generic over the connection, so a pooled
 //! connection to one Redis and the Redis Cluster connection run the same
 //! code; the only difference is the publish command the scripts are
 //! given (`PUBLISH` or `SPUBLISH`).
 
 use redis::aio::ConnectionLike;
-use wire::scripts::PublishCommand;
+use redis_backplane::scripts::{PublishCommand, Scripts};
 use wire::{Topic, TopicFamily, keys};
 
 use super::BrokerError;
@@ -14,27 +14,15 @@ use super::BrokerError;
 /// Order requests kept in the stream at most (trimmed approximately).
 const ORDER_STREAM_MAXLEN: usize = 100_000;
 
-/// The publish scripts with what every call of them needs.
+/// The publish scripts (their calls are laid out in
+/// `redis_backplane::scripts`, shared with the publisher).
 pub struct ScriptPublisher {
-    prefix: String,
-    /// `PUBLISH` on a single Redis, `SPUBLISH` on a cluster.
-    command: PublishCommand,
-    /// The publisher's own scripts, so `seq`, history and snapshots agree
-    /// whoever publishes on a topic.
-    batch_script: redis::Script,
-    update_script: redis::Script,
-    history_maxlen: usize,
+    scripts: Scripts,
 }
 
 impl ScriptPublisher {
     pub fn new(prefix: &str, command: PublishCommand, history_maxlen: usize) -> Self {
-        ScriptPublisher {
-            prefix: prefix.to_owned(),
-            command,
-            batch_script: redis::Script::new(wire::scripts::BATCH_SCRIPT),
-            update_script: redis::Script::new(wire::scripts::UPDATE_SCRIPT),
-            history_maxlen,
-        }
+        ScriptPublisher { scripts: Scripts::new(prefix, command, history_maxlen as u64) }
     }
 
     /// Publishes `data_json` on `topic` and returns its `seq`. Every key
@@ -50,42 +38,20 @@ impl ScriptPublisher {
     ) -> Result<u64, BrokerError> {
         let (head, tail) =
             wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
-        let (prefix, name) = (self.prefix.as_str(), topic.as_str());
+        let name = topic.as_str();
         let refused = |e: redis::RedisError| BrokerError::Refused(e.to_string());
         match topic.family() {
             // Order updates keep history (for `since`) and are written once.
             TopicFamily::Orders => {
                 let update_id = id.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-                let (seq, _duplicate): (u64, u64) = self
-                    .update_script
-                    .key(keys::seq_counter(prefix, name))
-                    .key(keys::history(prefix, name))
-                    .key(keys::dedupe(prefix, name, &update_id))
-                    .arg(self.command.as_str())
-                    .arg(keys::channel(prefix, name))
-                    .arg(head)
-                    .arg(tail)
-                    .arg(self.history_maxlen)
-                    .arg(wire::scripts::DEDUPE_TTL_SECS)
-                    .invoke_async(conn)
-                    .await
-                    .map_err(refused)?;
+                let call = self.scripts.update(name, &update_id, &head, &tail);
+                let (seq, _duplicate): (u64, u64) = self.scripts.query(conn, &call).await.map_err(refused)?;
                 Ok(seq)
             }
             // Quotes also become the topic's snapshot.
             family => {
-                let store_last = if family == TopicFamily::Quotes { "1" } else { "0" };
-                self.batch_script
-                    .key(keys::seq_counter(prefix, name))
-                    .key(keys::last_value(prefix, name))
-                    .arg(self.command.as_str())
-                    .arg(keys::channel(prefix, name))
-                    .arg(head)
-                    .arg(store_last)
-                    .arg(tail)
-                    .invoke_async::<u64>(conn)
-                    .await
-                    .map_err(refused)
+                let call = self.scripts.batch(name, &head, family == TopicFamily::Quotes, &tail);
+                self.scripts.query::<_, u64>(conn, &call).await.map_err(refused)
             }
         }
     }

@@ -1,0 +1,123 @@
+//! The Redis keys both services' configs share (`redis_url`,
+//! `redis_cluster`, `channel_prefix`): what values work, checked at start
+//! by the same code in the gateway and the publisher, and how a
+//! `redis_url` is shown without its password.
+
+/// The seed nodes of a Redis Cluster: `url` split at commas, blanks dropped.
+pub fn seeds(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
+/// Why `redis_url` cannot work: one server needs a `redis://`,
+/// `rediss://` or `unix://` URL; a cluster (`cluster`) at least one seed,
+/// each reached over TCP (there is no `unix://` seed).
+pub fn check_url(url: &str, cluster: bool) -> Result<(), String> {
+    if cluster {
+        if seeds(url).next().is_none() {
+            return Err("redis_cluster needs at least one seed node".into());
+        }
+        if let Some(seed) = seeds(url).find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://"))) {
+            return Err(format!("seed {seed:?} must start with redis:// or rediss://"));
+        }
+    } else if !["redis://", "rediss://", "unix://"].iter().any(|s| url.starts_with(s)) {
+        return Err("must start with redis://, rediss:// or unix://".into());
+    }
+    Ok(())
+}
+
+/// Why `channel_prefix` cannot work.
+pub fn check_prefix(prefix: &str, cluster: bool) -> Result<(), String> {
+    if prefix.is_empty() || prefix.chars().any(char::is_whitespace) {
+        return Err("must be non-empty, without spaces".into());
+    }
+    // A brace in the prefix would change which part of a key Redis
+    // Cluster hashes, and a topic's keys would leave its channel's slot.
+    if cluster && prefix.contains(['{', '}']) {
+        return Err("must not contain { or } with redis_cluster".into());
+    }
+    Ok(())
+}
+
+/// `url` (one URL or a comma-separated seed list) with the password of
+/// each URL replaced, for `Debug` output and logs.
+pub fn redacted_url(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let url = redact_user_info(url);
+    // `unix://` URLs carry the password as a query parameter.
+    let Some(q) = url.find('?') else { return url };
+    let query = url[q + 1..]
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k == "pass" || k == "password" => format!("{k}=<redacted>"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{}?{query}", &url[..q])
+}
+
+fn redact_user_info(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..].find(['/', '?']).map_or(url.len(), |i| scheme_end + i);
+    let Some(at) = url[scheme_end..authority_end].rfind('@').map(|i| scheme_end + i) else {
+        return url.to_owned();
+    };
+    // `user:password@` or `password@` (redis-rs reads a lone name as a
+    // user without password, but either may be secret): keep the user.
+    match url[scheme_end..at].find(':').map(|i| scheme_end + i) {
+        Some(colon) => format!("{}:<redacted>{}", &url[..colon], &url[at..]),
+        None => format!("{}<redacted>{}", &url[..scheme_end], &url[at..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_needs_tcp_seeds() {
+        let cases = [
+            (",", true, false),
+            (" , ", true, false),
+            ("", true, false),
+            ("redis://a:1,unix:///tmp/r.sock", true, false),
+            ("redis://a:1, rediss://b:2,", true, true),
+            ("unix:///tmp/r.sock", false, true),
+            ("http://x", false, false),
+        ];
+        for (url, cluster, ok) in cases {
+            assert_eq!(check_url(url, cluster).is_ok(), ok, "{url:?} cluster={cluster}");
+        }
+    }
+
+    #[test]
+    fn prefix_rules() {
+        let cases = [
+            ("rt:", true, true),
+            ("", false, false),
+            ("a b", false, false),
+            ("rt{x}:", false, true),
+            ("rt{x}:", true, false),
+        ];
+        for (prefix, cluster, ok) in cases {
+            assert_eq!(check_prefix(prefix, cluster).is_ok(), ok, "{prefix:?} cluster={cluster}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redacted_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redacted_url("redis://:hunter2@h:1"), "redis://:<redacted>@h:1");
+        assert_eq!(redacted_url("rediss://app:hunter2@h:1/0"), "rediss://app:<redacted>@h:1/0");
+        assert_eq!(
+            redacted_url("redis://a:p@x:1,redis://b:q@y:2"),
+            "redis://a:<redacted>@x:1,redis://b:<redacted>@y:2"
+        );
+        assert_eq!(redacted_url("unix:///tmp/r.sock?db=1&pass=s"), "unix:///tmp/r.sock?db=1&pass=<redacted>");
+    }
+}
