@@ -56,6 +56,8 @@ pub(crate) struct Layout {
     pub(crate) route: Route,
     pub(crate) added: Vec<LinkSpec>,
     pub(crate) removed: Vec<LinkId>,
+    /// The slots each kept link serves now (a slot move).
+    pub(crate) slots: Vec<(LinkId, Vec<RangeInclusive<u16>>)>,
     /// Every slot has a master (always true on a single Redis).
     pub(crate) complete: bool,
 }
@@ -66,7 +68,6 @@ pub(crate) enum UpGauge {
     /// Links up (single Redis: one per pub/sub connection).
     Links,
     /// 1 when the whole backplane is up (Redis Cluster).
-    #[expect(dead_code, reason = "used by the cluster links (next step)")]
     Whole,
 }
 
@@ -90,7 +91,6 @@ impl Health {
     }
 
     /// Whether `slot`'s master is known to be away.
-    #[expect(dead_code, reason = "used by the cluster links (next step)")]
     pub(crate) fn slot_down(&self, slot: u16) -> bool {
         self.down_slots.read().unwrap_or_else(PoisonError::into_inner).iter().any(|r| r.contains(&slot))
     }
@@ -284,6 +284,11 @@ impl Manager {
                     was_ready: false,
                 },
             );
+        }
+        for (id, slots) in layout.slots {
+            if let Some(info) = self.links.get_mut(&id) {
+                info.slots = slots;
+            }
         }
         self.route = layout.route;
         self.complete = layout.complete;

@@ -142,6 +142,11 @@ pub(crate) fn spawn_links(
         Some((hasher.finish() % count as u64) as usize)
     };
     // Fails only if the manager already stopped (shutdown).
-    let _ =
-        inputs.layouts.send(Layout { route: Box::new(route), added, removed: Vec::new(), complete: true });
+    let _ = inputs.layouts.send(Layout {
+        route: Box::new(route),
+        added,
+        removed: Vec::new(),
+        slots: Vec::new(),
+        complete: true,
+    });
 }

@@ -29,7 +29,6 @@ pub(crate) enum Notice {
     /// The stream ended or the socket failed.
     Lost(String),
     /// The server ended a subscription (a sharded channel whose slot moved).
-    #[expect(dead_code, reason = "sent by the cluster links (next step)")]
     Dropped(String),
 }
 

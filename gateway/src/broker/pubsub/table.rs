@@ -39,7 +39,6 @@ pub(crate) enum Outcome {
     Refused(String),
     /// The server does not own the channel's slot (`MOVED`,
     /// `CLUSTERDOWN`): routed again after a slot map refresh.
-    #[cfg_attr(not(test), expect(dead_code, reason = "sent by the cluster links (next step)"))]
     Moved,
     /// The connection failed; a `Down` for the link follows.
     Lost,
