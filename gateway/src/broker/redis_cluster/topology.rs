@@ -25,8 +25,10 @@ use crate::broker::redis_pubsub::Delivery;
 /// Slot map reads while every shard is up (a slot move is announced by
 /// `sunsubscribe` pushes anyway).
 const HEALTHY_EVERY: Duration = Duration::from_secs(5);
-/// Slot map reads while a shard is down, waiting for a promotion.
-const DEGRADED_EVERY: Duration = Duration::from_millis(250);
+/// Slot map reads while a shard is down or a channel has no route,
+/// waiting for a promotion to spread: each read is one small reply, and
+/// every period here is a period of lost quotes on that shard.
+const DEGRADED_EVERY: Duration = Duration::from_millis(50);
 /// A slot map read gives up on one node after this long.
 const ASK_LIMIT: Duration = Duration::from_millis(500);
 
