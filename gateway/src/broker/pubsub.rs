@@ -109,6 +109,29 @@ pub(crate) struct ManagerSettings {
     pub(crate) shutdown: CancellationToken,
 }
 
+impl ManagerSettings {
+    /// A node's settings from its config: one gauge count per link, no
+    /// slot map to refresh (the cluster sets both).
+    pub(crate) fn new(
+        config: &crate::config::Config,
+        node_id: &str,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ManagerSettings {
+            hub,
+            metrics,
+            prefix: config.channel_prefix.clone(),
+            reply_channel: keys::node_replies(&config.channel_prefix, node_id),
+            grace: config.unsubscribe_grace(),
+            up_gauge: UpGauge::Links,
+            refresh: None,
+            shutdown,
+        }
+    }
+}
+
 enum Request {
     Subscribe(Topic, oneshot::Sender<Result<(), BrokerError>>),
     Release(Topic),

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+use wire::Topic;
 use wire::scripts::PublishCommand;
-use wire::{Topic, keys};
 
 use super::pubsub::link::LinkSettings;
-use super::pubsub::{ManagerSettings, PubSub, UpGauge};
+use super::pubsub::{ManagerSettings, PubSub};
 use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::{self, Delivery};
 use super::{BoxFuture, Broker, BrokerError};
@@ -78,17 +78,9 @@ impl RedisBroker {
             .set_pipeline_buffer_size(4096);
         let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let reply_channel = keys::node_replies(&config.channel_prefix, node_id);
-        let (pubsub, inputs) = PubSub::start(ManagerSettings {
-            hub: Arc::clone(&hub),
-            metrics,
-            prefix: config.channel_prefix.clone(),
-            reply_channel: reply_channel.clone(),
-            grace: config.unsubscribe_grace(),
-            up_gauge: UpGauge::Links,
-            refresh: None,
-            shutdown: shutdown.clone(),
-        });
+        let settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
+        let reply_channel = settings.reply_channel.clone();
+        let (pubsub, inputs) = PubSub::start(settings);
         let delivery = Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel };
         redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,

@@ -79,18 +79,14 @@ impl RedisClusterBroker {
             .response_timeout(config.redis_timeout())
             .build()
             .map_err(invalid)?;
-        let reply_channel = keys::node_replies(&config.channel_prefix, node_id);
         let (refresh, refresh_rx) = mpsc::channel(1);
-        let (pubsub, inputs) = PubSub::start(ManagerSettings {
-            hub: Arc::clone(&hub),
-            metrics,
-            prefix: config.channel_prefix.clone(),
-            reply_channel: reply_channel.clone(),
-            grace: config.unsubscribe_grace(),
+        let settings = ManagerSettings {
             up_gauge: UpGauge::Whole,
             refresh: Some(refresh),
-            shutdown: shutdown.clone(),
-        });
+            ..ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone())
+        };
+        let reply_channel = settings.reply_channel.clone();
+        let (pubsub, inputs) = PubSub::start(settings);
         let topology = topology::Topology {
             seeds,
             delivery: Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel },
