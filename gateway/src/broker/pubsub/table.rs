@@ -200,7 +200,9 @@ impl<W> Table<W> {
 
     /// `link` connected (connection `epoch`): everything it carries is sent again.
     pub(crate) fn link_up(&mut self, link: LinkId, epoch: u64) {
-        self.links.insert(link, Some(epoch));
+        // A late `Up` of a link already removed changes nothing.
+        let Some(state) = self.links.get_mut(&link) else { return };
+        *state = Some(epoch);
         for entry in self.entries.values_mut().filter(|e| e.link == Some(link)) {
             entry.status = Status::Recorded;
         }
