@@ -10,6 +10,7 @@
 //! feeds received envelopes back into the hub.
 
 pub mod memory;
+mod pubsub;
 pub mod redis;
 pub mod redis_cluster;
 mod redis_commands;
@@ -83,6 +84,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the backplane is connected (drives `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// The backplane links (pub/sub connections, cluster shards) not up,
+    /// for `/readyz`.
+    fn down_shards(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// `memory`, `redis` or `redis-cluster`, for logs and `/readyz`.
     fn kind(&self) -> &'static str;

@@ -32,6 +32,7 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
         "node": node.id,
         "backplane": node.broker.kind(),
         "backplane_up": backplane_up,
+        "shards_down": node.broker.down_shards(),
         "draining": draining,
     });
     let status = if node.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -23,6 +23,15 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// One backplane link: `0`.. for the single-Redis connections, the
+/// first slot range (`0-5460`) for a cluster shard; bounded by the
+/// connections configured or the shards of the cluster, whichever master
+/// serves them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FamilyLabel {
     pub family: &'static str,
@@ -132,8 +141,17 @@ pub struct Metrics {
     pub backplane_invalid: Counter,
     /// Backplane connections (re)established after a loss.
     pub backplane_reconnects: Counter,
-    /// Backplane pub/sub connections currently up.
+    /// Backplane pub/sub connections currently up (single Redis); 1 when
+    /// every shard is up (Redis Cluster).
     pub backplane_up: Gauge,
+    /// Per link (connection or cluster shard): 1 while up and holding
+    /// every subscription it carries.
+    pub backplane_shard_up: Family<ShardLabel, Gauge>,
+    /// Per link: connections lost.
+    pub backplane_shard_losses: Family<ShardLabel, Counter>,
+    /// Per link: subscriptions restored in one go (after a reconnect, a
+    /// failover or a slot move).
+    pub backplane_shard_resubscribes: Family<ShardLabel, Counter>,
     /// Frames written to client sockets.
     pub frames_sent: Counter,
     /// Socket writes (flushes); frames_sent / socket_writes is the batching.
@@ -228,6 +246,21 @@ impl Metrics {
             m.backplane_reconnects.clone(),
         );
         registry.register("backplane_up", "Backplane pub/sub connections up", m.backplane_up.clone());
+        registry.register(
+            "backplane_shard_up",
+            "Backplane links up with all their subscriptions, by shard",
+            m.backplane_shard_up.clone(),
+        );
+        registry.register(
+            "backplane_shard_losses",
+            "Backplane link connections lost, by shard",
+            m.backplane_shard_losses.clone(),
+        );
+        registry.register(
+            "backplane_shard_resubscribes",
+            "Backplane subscriptions restored after a loss or a move, by shard",
+            m.backplane_shard_resubscribes.clone(),
+        );
         registry.register("frames_sent", "Frames written to client sockets", m.frames_sent.clone());
         registry.register("socket_writes", "Batched socket writes", m.socket_writes.clone());
         registry.register(

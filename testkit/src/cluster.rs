@@ -1,7 +1,7 @@
-//! A private Redis Cluster for tests: `n` redis-server masters on free
-//! loopback ports, joined by `redis-cli --cluster create`, each in its own
-//! directory, all SIGKILLed when the guard is dropped (also when the test
-//! panics).
+//! A private Redis Cluster for tests: `n` redis-server masters (and
+//! optionally a replica each) on free loopback ports, joined by
+//! `redis-cli --cluster create`, each in its own directory, all SIGKILLed
+//! when the guard is dropped (also when the test panics).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +19,7 @@ pub struct ClusterNode {
     bus_port: u16,
     /// Its nodes.conf lives here, so a restart rejoins with its slots.
     dir: PathBuf,
+    options: ClusterOptions,
     child: Option<Child>,
 }
 
@@ -28,7 +29,19 @@ impl ClusterNode {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(ms) = self.options.node_timeout_ms {
+            cmd.args(["--cluster-node-timeout", &ms.to_string()]);
+        }
+        if self.options.replicas > 0 {
+            // A replica that never synced may not take over: start the
+            // (diskless) first sync at once instead of after 5 s.
+            cmd.args(["--repl-diskless-sync-delay", "0"]);
+        }
+        if !self.options.full_coverage {
+            cmd.args(["--cluster-require-full-coverage", "no"]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .arg("--cluster-config-file")
@@ -66,6 +79,25 @@ async fn wait_ping(url: String) {
     .await;
 }
 
+/// How a test cluster is built.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterOptions {
+    pub masters: usize,
+    /// Replicas per master.
+    pub replicas: usize,
+    /// `cluster-node-timeout` in ms (None: the server's default, 15 s).
+    pub node_timeout_ms: Option<u64>,
+    /// `cluster-require-full-coverage`: with `false`, the masters that
+    /// are up keep serving their slots while another's are unserved.
+    pub full_coverage: bool,
+}
+
+impl ClusterOptions {
+    pub fn masters(masters: usize) -> Self {
+        ClusterOptions { masters, replicas: 0, node_timeout_ms: None, full_coverage: true }
+    }
+}
+
 pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
     dir: PathBuf,
@@ -75,16 +107,23 @@ impl RedisCluster {
     /// Starts `masters` nodes (no replicas), creates the cluster over them
     /// and waits until every node reports `cluster_state:ok`.
     pub async fn start(masters: usize) -> RedisCluster {
+        RedisCluster::start_with(ClusterOptions::masters(masters)).await
+    }
+
+    /// Starts a cluster built as `options` says and waits until every node
+    /// reports `cluster_state:ok`.
+    pub async fn start_with(options: ClusterOptions) -> RedisCluster {
+        let ClusterOptions { masters, replicas, .. } = options;
         assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
         let dir = std::env::temp_dir().join(format!("testkit-cluster-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         // Built before anything spawns, so a failure below still drops it.
         let mut cluster = RedisCluster { nodes: Vec::new(), dir };
-        for _ in 0..masters {
+        for _ in 0..masters * (1 + replicas) {
             let port = free_port();
             let dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&dir).unwrap();
-            let mut node = ClusterNode { port, bus_port: free_port(), dir, child: None };
+            let mut node = ClusterNode { port, bus_port: free_port(), dir, options, child: None };
             node.spawn();
             cluster.nodes.push(node);
         }
@@ -96,7 +135,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output();
         let created = tokio::time::timeout(WAIT * 3, created)
@@ -110,13 +149,35 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stderr)
         );
         cluster.wait_ok().await;
+        if replicas > 0 {
+            cluster.wait_replicas_synced().await;
+        }
         cluster
     }
 
-    /// Waits until every node reports `cluster_state:ok` (all slots known
-    /// and served, from each node's point of view).
-    pub async fn wait_ok(&self) {
+    /// Waits until every replica's link to its master is up (it synced).
+    async fn wait_replicas_synced(&self) {
         for node in &self.nodes {
+            let url = node.url();
+            eventually("replicas synced with their master", || {
+                let url = url.clone();
+                async move {
+                    let mut c =
+                        redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+                    let info: String =
+                        redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()?;
+                    (info.contains("role:master") || info.contains("master_link_status:up")).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` (all
+    /// slots known and served, from each node's point of view); killed
+    /// nodes are not asked.
+    pub async fn wait_ok(&self) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             let url = node.url();
             eventually("cluster_state:ok", || {
                 let url = url.clone();
@@ -169,19 +230,52 @@ impl RedisCluster {
         redis::cluster::ClusterClient::new(self.urls()).unwrap().get_async_connection().await.unwrap()
     }
 
+    /// Whether node `index` runs (it was not killed, or was restarted).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].child.is_some()
+    }
+
+    /// The index of a replica of master `master`, from `ROLE` on each node.
+    pub async fn replica_of(&self, master: usize) -> usize {
+        for index in (0..self.nodes.len()).filter(|&i| self.is_running(i)) {
+            let mut c = self.node_connection(index).await;
+            let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
+            if let (Some(Value::BulkString(kind)), Some(Value::Int(port))) = (role.first(), role.get(2))
+                && kind.as_slice() == b"slave"
+                && *port == i64::from(self.nodes[master].port)
+            {
+                return index;
+            }
+        }
+        panic!("master {master} has no replica");
+    }
+
+    /// Runs `CLUSTER FAILOVER` on replica `replica` (a planned switch: it
+    /// waits for the master's writes, then takes over its slots).
+    pub async fn failover(&self, replica: usize) {
+        let mut c = self.node_connection(replica).await;
+        let _: String = redis::cmd("CLUSTER").arg("FAILOVER").query_async(&mut c).await.unwrap();
+    }
+
     /// The index in `nodes` of the master serving `key`'s slot (or a
-    /// sharded channel's), from `CLUSTER SLOTS`.
+    /// sharded channel's), from `CLUSTER SLOTS` on a running node.
     pub async fn owner_of(&self, key: &str) -> usize {
-        let slot = wire::keys::cluster_slot(key);
-        let mut c = self.node_connection(0).await;
-        let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
-        let ranges = redis_backplane::slots::slot_ranges(&reply);
-        assert!(!ranges.is_empty(), "CLUSTER SLOTS answered {reply:?}");
-        ranges
-            .iter()
-            .filter(|r| r.contains(slot))
-            .find_map(|r| self.nodes.iter().position(|n| n.port == r.port))
-            .unwrap_or_else(|| panic!("no master serves slot {slot} of {key}"))
+        match self.try_owner_of(key).await {
+            Some(index) => index,
+            None => panic!("no master serves the slot of {key}"),
+        }
+    }
+
+    /// [`RedisCluster::owner_of`], None when no master serves the slot
+    /// (or no running node answers).
+    pub async fn try_owner_of(&self, key: &str) -> Option<usize> {
+        self.resolver().owner_of(key).await
+    }
+
+    /// Finds slot owners without borrowing the cluster (for a task that
+    /// runs while the test kills nodes).
+    pub fn resolver(&self) -> SlotResolver {
+        SlotResolver { ports: self.nodes.iter().map(|n| n.port).collect() }
     }
 
     /// `PUBSUB SHARDNUMSUB channel` on the master that owns the channel:
@@ -204,6 +298,43 @@ impl RedisCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Asks the nodes of a cluster, in turn, who serves a slot.
+#[derive(Clone)]
+pub struct SlotResolver {
+    ports: Vec<u16>,
+}
+
+impl SlotResolver {
+    /// The index of the master serving `key`'s slot, from `CLUSTER SLOTS`
+    /// on the first node that answers; None if none does or no master
+    /// serves it.
+    pub async fn owner_of(&self, key: &str) -> Option<usize> {
+        let slot = wire::keys::cluster_slot(key);
+        for port in &self.ports {
+            let url = format!("redis://127.0.0.1:{port}");
+            let Ok(client) = redis::Client::open(url) else { continue };
+            let connect = client.get_multiplexed_async_connection();
+            let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(300), connect).await else {
+                continue;
+            };
+            let cmd = redis::cmd("CLUSTER").arg("SLOTS").clone();
+            let asked = cmd.query_async::<Value>(&mut c);
+            let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(300), asked).await else {
+                continue;
+            };
+            if let Some(index) = redis_backplane::slots::slot_ranges(&reply)
+                .iter()
+                .filter(|r| r.contains(slot))
+                .find_map(|r| self.ports.iter().position(|p| *p == r.port))
+            {
+                return Some(index);
+            }
+            return None;
+        }
+        None
     }
 }
 

@@ -10,7 +10,7 @@ pub mod otlp;
 pub mod process;
 pub mod resilient;
 
-pub use cluster::RedisCluster;
+pub use cluster::{ClusterOptions, RedisCluster};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -11,21 +11,21 @@
 //! them), with no checkout. Scripts and history reads stay on the pool,
 //! so a long history reply never delays an order.
 //!
-//! Subscriptions spread over `pubsub_connections` connections by topic
-//! hash (see `redis_pubsub`), so one connection's reader is never the
-//! node's bottleneck.
+//! Subscriptions are kept by the shared manager (`pubsub`) on
+//! `pubsub_connections` links spread by channel hash (`redis_pubsub`).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+use wire::Topic;
 use wire::scripts::PublishCommand;
-use wire::{Topic, keys};
 
+use super::pubsub::link::LinkSettings;
+use super::pubsub::{ManagerSettings, PubSub};
 use super::redis_commands::{self, ScriptPublisher};
-use super::redis_pubsub::{Shard, ShardSettings};
+use super::redis_pubsub::{self, Delivery};
 use super::{BoxFuture, Broker, BrokerError};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -33,8 +33,8 @@ use crate::metrics::Metrics;
 use crate::requests::Requests;
 
 pub struct RedisBroker {
-    /// Pub/sub connections; a topic always goes to the same one, by hash.
-    shards: Vec<Shard>,
+    /// The subscription manager over the pub/sub connections.
+    pubsub: PubSub,
     pool: deadpool_redis::Pool,
     /// Order requests and snapshot reads; connects on first use and
     /// reconnects by itself (redis-rs's `ConnectionManager`).
@@ -75,24 +75,19 @@ impl RedisBroker {
             .set_pipeline_buffer_size(4096);
         let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let shards = (0..config.pubsub_connections)
-            .map(|i| {
-                Shard::spawn(ShardSettings {
-                    client: client.clone(),
-                    hub: Arc::clone(&hub),
-                    requests: Arc::clone(&requests),
-                    reply_channel: (i == 0).then(|| keys::node_replies(&config.channel_prefix, node_id)),
-                    metrics: Arc::clone(&metrics),
-                    prefix: config.channel_prefix.clone(),
-                    grace: config.unsubscribe_grace(),
-                    timeout: config.redis_timeout(),
-                    backoff_max: config.redis_backoff_max(),
-                    shutdown: shutdown.clone(),
-                })
-            })
-            .collect();
+        let settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
+        let reply_channel = settings.reply_channel.clone();
+        let (pubsub, inputs) = PubSub::start(settings);
+        let delivery = Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel };
+        redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
+            link: id,
+            label: id.to_string(),
+            timeout: config.redis_timeout(),
+            backoff_max: config.redis_backoff_max(),
+            shutdown: shutdown.clone(),
+        });
         Ok(RedisBroker {
-            shards,
+            pubsub,
             pool,
             multiplexed,
             prefix: config.channel_prefix.clone(),
@@ -104,24 +99,15 @@ impl RedisBroker {
             ),
         })
     }
-
-    /// The pub/sub connection that carries `topic`. SipHash with fixed keys,
-    /// so a topic's shard is the same for the node's whole life.
-    fn shard(&self, topic: &Topic) -> &Shard {
-        let mut hasher = std::hash::DefaultHasher::new();
-        topic.as_str().hash(&mut hasher);
-        let i = (hasher.finish() % self.shards.len() as u64) as usize;
-        &self.shards[i]
-    }
 }
 
 impl Broker for RedisBroker {
     fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(self.shard(topic).subscribe(topic))
+        Box::pin(self.pubsub.subscribe(topic))
     }
 
     fn release(&self, topic: &Topic) {
-        self.shard(topic).release(topic);
+        self.pubsub.release(topic);
     }
 
     fn publish<'a>(
@@ -165,7 +151,11 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        self.shards.iter().all(Shard::is_ready)
+        self.pubsub.health().is_ready()
+    }
+
+    fn down_shards(&self) -> Vec<String> {
+        self.pubsub.health().down()
     }
 
     fn kind(&self) -> &'static str {

@@ -1,0 +1,415 @@
+//! The subscription manager both Redis backplanes share: one task owns
+//! the [`table::Table`] of channels this node wants, turns client
+//! subscribes and releases into SUBSCRIBE / UNSUBSCRIBE on the right
+//! [`link`], and follows links as they come and go.
+//!
+//! The backplane decides only what a link is and which link carries a
+//! channel (a [`Layout`]): the single Redis spreads channels over
+//! `pubsub_connections` links by hash, the cluster routes each channel to
+//! the link of the master owning its slot and sends a new layout when the
+//! slot map changes. A link's failure touches only the channels it
+//! carries; the others keep flowing.
+//!
+//! Readiness: every link up with all it carried before re-subscribed, and
+//! every wanted channel routed. Which links are not is published in
+//! [`Health`] for `/readyz` and for commands that fail fast.
+
+pub(crate) mod link;
+pub(crate) mod table;
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wire::{Topic, keys};
+
+use super::BrokerError;
+use crate::hub::Hub;
+use crate::metrics::{Metrics, ShardLabel};
+use link::{Command, Event};
+use table::{Action, LinkId, Table};
+
+/// Requests gathered into one batch.
+const BATCH: usize = 512;
+
+/// Which link carries a channel (None: no link serves its slot).
+pub(crate) type Route = Box<dyn Fn(&str) -> Option<LinkId> + Send + Sync>;
+
+/// One link as the manager knows it.
+pub(crate) struct LinkSpec {
+    pub(crate) id: LinkId,
+    /// Metrics label and log name (bounded, see [`ShardLabel`]).
+    pub(crate) label: String,
+    /// The cluster slots it serves (empty on a single Redis).
+    pub(crate) slots: Vec<RangeInclusive<u16>>,
+    /// Dropping it stops the link's task.
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+}
+
+/// How channels map onto links, and which links appeared or went.
+pub(crate) struct Layout {
+    pub(crate) route: Route,
+    pub(crate) added: Vec<LinkSpec>,
+    pub(crate) removed: Vec<LinkId>,
+    /// The slots each kept link serves now (a slot move).
+    pub(crate) slots: Vec<(LinkId, Vec<RangeInclusive<u16>>)>,
+    /// Every slot has a master (always true on a single Redis).
+    pub(crate) complete: bool,
+}
+
+/// What `backplane_up` counts.
+#[derive(Clone, Copy)]
+pub(crate) enum UpGauge {
+    /// Links up (single Redis: one per pub/sub connection).
+    Links,
+    /// 1 when the whole backplane is up (Redis Cluster).
+    Whole,
+}
+
+/// The backplane's state as the manager last saw it.
+#[derive(Default)]
+pub(crate) struct Health {
+    ready: AtomicBool,
+    /// Labels of the links not up, for `/readyz`.
+    down: RwLock<Vec<String>>,
+    /// Slots whose link is not up (cluster), so a command for them fails fast.
+    down_slots: RwLock<Vec<RangeInclusive<u16>>>,
+}
+
+impl Health {
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn down(&self) -> Vec<String> {
+        self.down.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether `slot`'s master is known to be away.
+    pub(crate) fn slot_down(&self, slot: u16) -> bool {
+        self.down_slots.read().unwrap_or_else(PoisonError::into_inner).iter().any(|r| r.contains(&slot))
+    }
+}
+
+pub(crate) struct ManagerSettings {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) prefix: String,
+    /// This node's reply channel: wanted from the start, never released.
+    pub(crate) reply_channel: String,
+    pub(crate) grace: Duration,
+    pub(crate) up_gauge: UpGauge,
+    /// Asks for a slot map refresh (cluster); capacity 1, so asks coalesce.
+    pub(crate) refresh: Option<mpsc::Sender<()>>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl ManagerSettings {
+    /// A node's settings from its config: one gauge count per link, no
+    /// slot map to refresh (the cluster sets both).
+    pub(crate) fn new(
+        config: &crate::config::Config,
+        node_id: &str,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ManagerSettings {
+            hub,
+            metrics,
+            prefix: config.channel_prefix.clone(),
+            reply_channel: keys::node_replies(&config.channel_prefix, node_id),
+            grace: config.unsubscribe_grace(),
+            up_gauge: UpGauge::Links,
+            refresh: None,
+            shutdown,
+        }
+    }
+}
+
+enum Request {
+    Subscribe(Topic, oneshot::Sender<Result<(), BrokerError>>),
+    Release(Topic),
+}
+
+/// Handle to the manager task.
+pub(crate) struct PubSub {
+    requests: mpsc::UnboundedSender<Request>,
+    health: Arc<Health>,
+}
+
+/// Where links and the topology report to the manager.
+pub(crate) struct Inputs {
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) layouts: mpsc::UnboundedSender<Layout>,
+}
+
+impl PubSub {
+    /// Starts the manager with no link; links arrive in layouts.
+    pub(crate) fn start(settings: ManagerSettings) -> (PubSub, Inputs) {
+        // Unbounded: `release` is called from synchronous cleanup that
+        // cannot wait, and each request is one client action already
+        // bounded by the connection limits.
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        // Unbounded: a link must never wait on the manager while it
+        // holds a connection; it sends a handful of events per command.
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (layouts, layouts_rx) = mpsc::unbounded_channel();
+        let health = Arc::new(Health::default());
+        let mut table = Table::new(settings.grace);
+        table.pin(&settings.reply_channel, None);
+        let manager = Manager {
+            table,
+            links: HashMap::new(),
+            route: Box::new(|_| None),
+            complete: false,
+            health: Arc::clone(&health),
+            settings,
+        };
+        tokio::spawn(manager.run(requests_rx, events_rx, layouts_rx));
+        (PubSub { requests, health }, Inputs { events, layouts })
+    }
+
+    /// Resolves once the server confirmed the subscription (or, while its
+    /// link is away, once the topic is recorded for its return).
+    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<(), BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Subscribe(topic.clone(), tx))
+            .map_err(|_| BrokerError::Unavailable("backplane stopped".into()))?;
+        rx.await.map_err(|_| BrokerError::Unavailable("backplane stopped".into()))?
+    }
+
+    pub(crate) fn release(&self, topic: &Topic) {
+        // Fails only once the manager stopped at shutdown; nothing to release then.
+        let _ = self.requests.send(Request::Release(topic.clone()));
+    }
+
+    pub(crate) fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+}
+
+/// What the manager keeps of one link.
+struct LinkInfo {
+    label: String,
+    slots: Vec<RangeInclusive<u16>>,
+    commands: mpsc::UnboundedSender<Command>,
+    ready: bool,
+    /// It was ready once: being ready again counts as a reconnect.
+    was_ready: bool,
+}
+
+struct Manager {
+    table: Table<oneshot::Sender<Result<(), BrokerError>>>,
+    links: HashMap<LinkId, LinkInfo>,
+    route: Route,
+    complete: bool,
+    health: Arc<Health>,
+    settings: ManagerSettings,
+}
+
+impl Manager {
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<Request>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut layouts: mpsc::UnboundedReceiver<Layout>,
+    ) {
+        let shutdown = self.settings.shutdown.clone();
+        // A single Redis sends its one layout and drops the sender.
+        let mut layouts_open = true;
+        loop {
+            let next_release = self.table.next_release();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                request = requests.recv() => {
+                    let Some(request) = request else { break };
+                    self.request(request);
+                    for _ in 1..BATCH {
+                        match requests.try_recv() {
+                            Ok(request) => self.request(request),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.event(event);
+                    for _ in 1..BATCH {
+                        match events.try_recv() {
+                            Ok(event) => self.event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                layout = layouts.recv(), if layouts_open => match layout {
+                    Some(layout) => self.layout(layout),
+                    None => layouts_open = false,
+                },
+                _ = super::sleep_until_opt(next_release) => {
+                    let hub = &self.settings.hub;
+                    let prefix = self.settings.prefix.as_str();
+                    self.table.expire(Instant::now(), |channel| {
+                        keys::topic_of_channel(prefix, channel).is_some_and(|t| hub.has_subscribers(t))
+                    });
+                }
+            }
+            self.settle();
+        }
+        self.health.ready.store(false, Ordering::Relaxed);
+    }
+
+    fn request(&mut self, request: Request) {
+        match request {
+            Request::Subscribe(topic, reply) => {
+                let channel = keys::channel(&self.settings.prefix, topic.as_str());
+                let route = (self.route)(&channel);
+                self.table.subscribe(&channel, route, reply);
+            }
+            Request::Release(topic) => {
+                self.table.release(&keys::channel(&self.settings.prefix, topic.as_str()), Instant::now());
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Up { link, epoch } => self.table.link_up(link, epoch),
+            Event::Down { link } => {
+                self.table.link_down(link);
+                if let Some(info) = self.links.get(&link) {
+                    self.settings.metrics.backplane_shard_losses.get_or_create(&shard(&info.label)).inc();
+                }
+                self.ask_refresh();
+            }
+            Event::Answered { link, epoch, outcomes } => self.table.answered(link, epoch, outcomes),
+            Event::Dropped { link, epoch, channel } => self.table.dropped(link, epoch, &channel),
+        }
+    }
+
+    /// A new slot map: links added first, channels moved, links gone last.
+    fn layout(&mut self, layout: Layout) {
+        for spec in layout.added {
+            self.table.add_link(spec.id);
+            self.links.insert(
+                spec.id,
+                LinkInfo {
+                    label: spec.label,
+                    slots: spec.slots,
+                    commands: spec.commands,
+                    ready: false,
+                    was_ready: false,
+                },
+            );
+        }
+        for (id, slots) in layout.slots {
+            if let Some(info) = self.links.get_mut(&id) {
+                info.slots = slots;
+            }
+        }
+        self.route = layout.route;
+        self.complete = layout.complete;
+        self.table.reroute(&self.route);
+        for id in layout.removed {
+            self.table.remove_link(id);
+            if let Some(info) = self.links.remove(&id) {
+                self.settings.metrics.backplane_shard_up.get_or_create(&shard(&info.label)).set(0);
+            }
+        }
+    }
+
+    fn ask_refresh(&self) {
+        if let Some(refresh) = &self.settings.refresh {
+            // Full: a refresh is asked for already.
+            let _ = refresh.try_send(());
+        }
+    }
+
+    /// Carries out what the table decided and publishes readiness.
+    fn settle(&mut self) {
+        if self.table.take_refresh() {
+            self.ask_refresh();
+        }
+        for action in self.table.take_actions() {
+            match action {
+                Action::Subscribe { link, epoch, channels, resync } => {
+                    if let Some(info) = self.links.get(&link) {
+                        if resync {
+                            self.settings
+                                .metrics
+                                .backplane_shard_resubscribes
+                                .get_or_create(&shard(&info.label))
+                                .inc();
+                        }
+                        // Fails only when the link stopped; its removal follows.
+                        let _ = info.commands.send(Command::Subscribe { epoch, channels });
+                    }
+                }
+                Action::Unsubscribe { link, epoch, channels } => {
+                    if let Some(info) = self.links.get(&link) {
+                        let _ = info.commands.send(Command::Unsubscribe { epoch, channels });
+                    }
+                }
+                Action::Answer(waiter, result) => {
+                    // The subscriber may have gone meanwhile.
+                    let _ = waiter.send(result);
+                }
+            }
+        }
+        self.publish_health();
+    }
+
+    fn publish_health(&mut self) {
+        let metrics = &self.settings.metrics;
+        let mut down = Vec::new();
+        let mut down_slots = Vec::new();
+        let mut ready_links = 0i64;
+        for (&id, info) in self.links.iter_mut() {
+            let ready = self.table.link_ready(id);
+            if ready != info.ready {
+                info.ready = ready;
+                metrics.backplane_shard_up.get_or_create(&shard(&info.label)).set(i64::from(ready));
+                if ready && info.was_ready {
+                    metrics.backplane_reconnects.inc();
+                    tracing::info!(
+                        shard = %info.label,
+                        topics = self.table.carried(id),
+                        "redis backplane shard back; topics re-subscribed"
+                    );
+                } else if ready {
+                    tracing::info!(shard = %info.label, "redis backplane shard connected");
+                }
+                info.was_ready |= ready;
+            }
+            if ready {
+                ready_links += 1;
+            } else {
+                down.push(info.label.clone());
+                down_slots.extend(info.slots.iter().cloned());
+            }
+        }
+        down.sort();
+        let whole = self.complete && !self.links.is_empty() && down.is_empty() && self.table.unrouted() == 0;
+        if !self.complete {
+            down.push("unserved slots".into());
+        }
+        let gauge = match self.settings.up_gauge {
+            UpGauge::Links => ready_links,
+            UpGauge::Whole => i64::from(whole),
+        };
+        metrics.backplane_up.set(gauge);
+        self.health.ready.store(whole, Ordering::Relaxed);
+        *self.health.down.write().unwrap_or_else(PoisonError::into_inner) = down;
+        *self.health.down_slots.write().unwrap_or_else(PoisonError::into_inner) = down_slots;
+    }
+}
+
+fn shard(label: &str) -> ShardLabel {
+    ShardLabel { shard: label.to_owned() }
+}
