@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::value::RawValue;
 use service::telemetry::trace::{self, Kind, Role};
@@ -180,6 +180,14 @@ impl Connection {
                     self.close_at = Some(Instant::now() + delay);
                 }
                 _ = self.outbox.ready() => {
+                    // Replies already answered go out before the frames
+                    // queued after them: an order's reply precedes its
+                    // updates, which the backplane delivered later.
+                    while let Some(done) = ready_reply(&mut self.orders) {
+                        if Box::pin(self.send_reply(done)).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
                     if let Some(end) = self.write_queued().await {
                         return end;
                     }
@@ -575,6 +583,12 @@ async fn next_reply(
         Some(orders) => orders.next().await,
         None => None,
     }
+}
+
+/// An order round trip that has finished, without waiting for one.
+fn ready_reply(orders: &mut Option<FuturesUnordered<BoxFuture<'static, OrderDone>>>) -> Option<OrderDone> {
+    let orders = orders.as_mut().filter(|o| !o.is_empty())?;
+    orders.next().now_or_never().flatten()
 }
 
 /// Maps a read error to how the connection ends.

@@ -218,8 +218,10 @@ async fn a_quote_and_an_order_are_each_one_trace_from_the_publisher_to_the_clien
         let mut clients = Vec::new();
         for (_, node) in &nodes {
             let mut client = Client::connect(&node.ws_url()).await;
-            client.subscribe("quotes.AAPL").await;
+            // Orders first: once quotes flow, a quote may come before the
+            // next `subscribed`.
             client.subscribe("orders.acct-t").await;
+            client.subscribe("quotes.AAPL").await;
             clients.push(client);
         }
         let (publish, fanouts) = receiver
