@@ -413,10 +413,7 @@ impl Connection {
             sampled.attach(&span);
             span
         });
-        let traceparent = match &span {
-            Some(span) => trace::traceparent(span),
-            None => traceparent.filter(|tp| trace::is_valid(tp)),
-        };
+        let traceparent = trace::hand_on(span.as_ref(), traceparent.as_deref());
         let request = OrderRequest {
             corr: pending.corr.clone(),
             node: node.id.clone(),

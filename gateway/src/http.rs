@@ -113,10 +113,7 @@ pub async fn publish(
         sampled.attach(&span);
         span
     });
-    let traceparent = match &span {
-        Some(span) => trace::traceparent(span),
-        None => incoming.filter(|tp| trace::is_valid(tp)).map(str::to_owned),
-    };
+    let traceparent = trace::hand_on(span.as_ref(), incoming);
     let published = node
         .broker
         .publish(&req.topic, req.data.get(), traceparent.as_deref(), req.id.as_deref())

@@ -115,9 +115,8 @@ impl OrderUpdate {
         status: &'static str,
     ) -> Self {
         let span = trace::start("publisher.order.update", Role::Producer, Kind::Order, order_traceparent);
-        let own = span.as_ref().and_then(trace::traceparent);
-        let traceparent = own.as_deref().or(order_traceparent.filter(|tp| trace::is_valid(tp)));
-        let mut update = OrderUpdate::new(topic, id, data_json, traceparent);
+        let traceparent = trace::hand_on(span.as_ref(), order_traceparent);
+        let mut update = OrderUpdate::new(topic, id, data_json, traceparent.as_deref());
         if let Some(span) = &span {
             trace::set_attribute(span, "messaging.destination.name", update.topic.as_str().to_owned());
             trace::set_attribute(span, "order.status", status);

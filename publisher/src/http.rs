@@ -76,10 +76,8 @@ pub async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
     // is handed on unchanged.
     let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).or(req.traceparent.as_deref());
     let traced = trace::publish(topic.as_str(), incoming);
-    let traceparent = match &traced {
-        Some(t) => Some(t.traceparent.as_str()),
-        None => incoming.filter(|tp| trace::is_valid(tp)),
-    };
+    let traceparent = trace::hand_on(traced.as_ref().map(|t| &t.span), incoming);
+    let traceparent = traceparent.as_deref();
     let result = match topic.family() {
         TopicFamily::Orders => {
             let id = req.id.map(Cow::into_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());

@@ -123,10 +123,7 @@ fn decide(shared: &Shared, batch: Vec<Incoming>) -> Decided {
             Ok(mut order) => {
                 // Lifecycle updates join this span's trace; a request this
                 // service does not trace hands the gateway's context on.
-                order.traceparent = span
-                    .as_ref()
-                    .and_then(trace::traceparent)
-                    .or(request.traceparent.filter(|tp| trace::is_valid(tp)));
+                order.traceparent = trace::hand_on(span.as_ref(), request.traceparent.as_deref());
                 let data = RawValue::from_string(order.accepted_json(&shared.market)).ok();
                 d.accepted.push(order);
                 (OrderReply { corr: request.corr, data, error: None }, REPLY_OK)

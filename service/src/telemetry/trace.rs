@@ -139,6 +139,16 @@ pub fn traceparent(span: &Span) -> Option<String> {
     sc.is_valid().then(|| format_traceparent(sc))
 }
 
+/// The `traceparent` the next hop gets: `span`'s when this process traces
+/// the work, else a valid `incoming` one unchanged (so a process that does
+/// not trace never breaks a trace that passes through it).
+pub fn hand_on(span: Option<&Span>, incoming: Option<&str>) -> Option<String> {
+    match span {
+        Some(span) => traceparent(span),
+        None => incoming.filter(|tp| is_valid(tp)).map(str::to_owned),
+    }
+}
+
 /// Links `span` to the trace of `traceparent` (ignored if malformed).
 pub fn link(span: &Span, traceparent: &str) {
     if let Some(cx) = parse_traceparent(traceparent) {
