@@ -149,6 +149,15 @@ impl<W> Table<W> {
         entry.release_at = None;
     }
 
+    /// `channel` is not wanted for life any more (a probe channel whose
+    /// slot moved): it goes at the next expiry unless a subscriber wants it.
+    pub(crate) fn unpin(&mut self, channel: &str, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(channel) {
+            entry.pinned = false;
+            entry.release_at = Some(now);
+        }
+    }
+
     /// `channel` lost its last local subscriber: it goes after the grace
     /// delay unless wanted again by then.
     pub(crate) fn release(&mut self, channel: &str, now: Instant) {
@@ -338,6 +347,11 @@ impl<W> Table<W> {
                 e.link == Some(link)
                     && matches!(e.status, Status::Recorded | Status::Pending { resync: true, .. })
             })
+    }
+
+    /// `link`'s connection generation while it is up.
+    pub(crate) fn epoch(&self, link: LinkId) -> Option<u64> {
+        self.links.get(&link).copied().flatten()
     }
 
     /// Wanted channels that no link serves (an unserved slot).
@@ -567,5 +581,22 @@ mod tests {
         // The pinned reply channel is never released.
         t.release("reply", Instant::now());
         assert_eq!(t.next_release(), None);
+    }
+
+    #[test]
+    fn an_unpinned_channel_goes_at_the_next_expiry() {
+        let mut t = up_table(&[0]);
+        let now = Instant::now();
+        t.pin("probe", Some(0));
+        t.take_actions();
+        t.answered(0, 1, vec![("probe".into(), Outcome::Held)]);
+        assert_eq!(t.epoch(0), Some(1));
+        t.unpin("probe", now);
+        assert_eq!(t.next_release(), Some(now));
+        t.expire(now, |_| false);
+        assert_eq!(unsubscribes(&t.take_actions()), vec![(0, names(&["probe"]))]);
+        assert_eq!(t.carried(0), 0);
+        t.link_down(0);
+        assert_eq!(t.epoch(0), None);
     }
 }
