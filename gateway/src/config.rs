@@ -381,7 +381,8 @@ impl Config {
             }
         }
         if self.probe_interval_ms != 0 && !(50..=3_600_000).contains(&self.probe_interval_ms) {
-            let reason = format!("{} is outside 50..=3600000 (0 turns the probe off)", self.probe_interval_ms);
+            let reason =
+                format!("{} is outside 50..=3600000 (0 turns the probe off)", self.probe_interval_ms);
             return Err(bad("probe_interval_ms", reason));
         }
         if self.redis_backoff_max_ms < 10 {

@@ -314,3 +314,39 @@ async fn a_link_redis_closes_for_its_output_buffer_is_counted_and_recovered() {
     expect_exactly(&mut c, &[2, 3, 4], &[]).await;
     assert_eq!(gw.metric(&format!("gateway_backplane_probe_failures_total{LINK}")).await, 0.0);
 }
+
+#[tokio::test]
+async fn each_cluster_master_carries_a_probe_that_comes_back() {
+    let cluster = RedisCluster::start(3).await;
+    let config = gateway::Config {
+        redis_cluster: true,
+        probe_interval_ms: 100,
+        probe_timeout_ms: PROBE_TIMEOUT_MS,
+        ..redis_config(&cluster.url_list(), PREFIX)
+    };
+    let gw = TestGateway::start(config).await;
+    wait_ready(&gw, 200).await;
+    // One probe channel per master, in a slot that master serves.
+    for i in 0..3 {
+        let mut conn = cluster.node_connection(i).await;
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("SHARDCHANNELS")
+            .arg(format!("{PREFIX}@probe:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(channels.len(), 1, "master {i}: {channels:?}");
+    }
+    // Probes every 100 ms for well over the bound: a probe that did not
+    // come back would have been counted by now.
+    tokio::time::sleep(Duration::from_millis(100 * 5) + Duration::from_millis(PROBE_TIMEOUT_MS) * 2).await;
+    let (_, text) = gw.get("/metrics").await;
+    for name in ["gateway_backplane_probe_failures_total{", "gateway_backplane_probe_errors_total{"] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+        assert!(lines.iter().all(|l| l.ends_with(" 0")), "{lines:?}");
+        if name.contains("failures") {
+            assert_eq!(lines.len(), 3, "shown for every shard from the start: {lines:?}");
+        }
+    }
+    assert_eq!(gw.get("/readyz").await.0, 200);
+}

@@ -231,15 +231,13 @@ impl PubSub {
         let mut table = Table::new(settings.grace);
         table.pin(&settings.reply_channel, None);
         let probes = match &settings.probe {
-            ProbeSettings { interval, timeout, publish: Some(_) } if !interval.is_zero() => Some(Probes::new(
-                settings.probe_base.clone(),
-                *interval,
-                *timeout,
-                rand::random::<u64>() >> 1,
-            )),
+            ProbeSettings { interval, timeout, publish: Some(_) } if !interval.is_zero() => Some(
+                Probes::new(settings.probe_base.clone(), *interval, *timeout, rand::random::<u64>() >> 1),
+            ),
             _ => None,
         };
-        let returns = ProbeReturns { base: settings.probe_base.as_str().into(), events: probe_events.clone() };
+        let returns =
+            ProbeReturns { base: settings.probe_base.as_str().into(), events: probe_events.clone() };
         let manager = Manager {
             table,
             links: HashMap::new(),

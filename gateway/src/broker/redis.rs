@@ -75,8 +75,7 @@ impl RedisBroker {
             .set_pipeline_buffer_size(4096);
         let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let mut settings =
-            ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
+        let mut settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
         settings.probe.publish = Some(probe_publish(pool.clone(), config.redis_timeout()));
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);

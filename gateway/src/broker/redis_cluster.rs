@@ -170,7 +170,8 @@ fn probe_publish(slot: ConnSlot, limit: Duration) -> ProbePublish {
     Arc::new(move |channel, payload| {
         let conn = slot.read().unwrap_or_else(PoisonError::into_inner).clone();
         Box::pin(async move {
-            let conn = conn.ok_or_else(|| BrokerError::Unavailable("not connected to the Redis Cluster yet".into()))?;
+            let conn = conn
+                .ok_or_else(|| BrokerError::Unavailable("not connected to the Redis Cluster yet".into()))?;
             let cmd = redis_commands::probe_cmd(PublishCommand::SPublish, &channel, &payload);
             query_on::<i64>(conn, limit, &cmd).await.map(|_| ())
         })

@@ -61,13 +61,13 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn ping<'a>(&'a self, conn: &'a mut Self::Conn) -> BoxFuture<'a, Result<(), String>>;
 }
 
-/// What the manager asks of a link.
+/// What the manager asks of a link. `Reconnect`: drop connection `epoch`
+/// and connect again, for it stopped delivering (the delivery probe did
+/// not come back) though it looks connected.
 #[derive(Debug)]
 pub(crate) enum Command {
     Subscribe { epoch: u64, channels: Vec<String> },
     Unsubscribe { epoch: u64, channels: Vec<String> },
-    /// Drop connection `epoch` and connect again: it stopped delivering
-    /// (the delivery probe did not come back) though it looks connected.
     Reconnect { epoch: u64 },
 }
 

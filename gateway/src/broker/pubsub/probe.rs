@@ -131,7 +131,8 @@ impl Probes {
                 }
                 continue;
             };
-            let fresh = LinkProbe { channel: channel.clone(), next_at: now + self.interval, outstanding: None };
+            let fresh =
+                LinkProbe { channel: channel.clone(), next_at: now + self.interval, outstanding: None };
             if let Some(old) = self.links.insert(link, fresh) {
                 changes.unpin.push(old.channel);
             }
