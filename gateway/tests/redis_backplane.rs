@@ -315,7 +315,14 @@ async fn topics_spread_over_several_pubsub_connections() {
         .collect();
     assert_eq!(subs.len(), 4, "{list}");
     assert!(subs.iter().all(|n| *n > 0), "every connection carries topics: {subs:?}");
-    assert_eq!(subs.iter().sum::<u32>(), 21, "20 topics and the reply channel, each once");
+    assert_eq!(
+        subs.iter().sum::<u32>(),
+        25,
+        "20 topics, the reply channel and a delivery probe channel per connection, each once"
+    );
+    let probes: Vec<String> =
+        redis::cmd("PUBSUB").arg("CHANNELS").arg("rt:@probe:*").query_async(&mut conn).await.unwrap();
+    assert_eq!(probes.len(), 4, "{probes:?}");
     for (i, t) in topics.iter().enumerate() {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(format!("rt:{t}"))

@@ -79,13 +79,7 @@ impl RedisBroker {
         settings.probe.publish = Some(probe_publish(pool.clone(), config.redis_timeout()));
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
-        let delivery = Delivery {
-            hub,
-            requests,
-            prefix: config.channel_prefix.clone(),
-            reply_channel,
-            probes: inputs.probes.clone(),
-        };
+        let delivery = Delivery::new(hub, requests, &config.channel_prefix, reply_channel, &inputs);
         redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,
             label: id.to_string(),

@@ -92,13 +92,7 @@ impl RedisClusterBroker {
         };
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
-        let delivery = Delivery {
-            hub,
-            requests,
-            prefix: config.channel_prefix.clone(),
-            reply_channel,
-            probes: inputs.probes.clone(),
-        };
+        let delivery = Delivery::new(hub, requests, &config.channel_prefix, reply_channel, &inputs);
         let topology = topology::Topology {
             seeds,
             delivery,

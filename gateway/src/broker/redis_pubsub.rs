@@ -31,6 +31,17 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
+    /// Delivers into `hub` and `requests`, with the probes of `inputs`'s manager.
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        requests: Arc<Requests>,
+        prefix: &str,
+        reply_channel: String,
+        inputs: &Inputs,
+    ) -> Self {
+        Delivery { hub, requests, prefix: prefix.to_owned(), reply_channel, probes: inputs.probes.clone() }
+    }
+
     /// One received message: a delivery probe, an order reply or a
     /// topic's envelope.
     pub(crate) fn deliver(&self, channel: &str, payload: &[u8]) {
