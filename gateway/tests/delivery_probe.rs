@@ -24,7 +24,7 @@ const PREFIX: &str = "rt:";
 const QUOTES: &str = "quotes.PRB";
 const ORDERS: &str = "orders.acct-prb";
 const PROBE_INTERVAL_MS: u64 = 200;
-const PROBE_TIMEOUT_MS: u64 = 1_000;
+const PROBE_TIMEOUT_MS: u64 = 1_500;
 const LINK: &str = r#"{shard="0"}"#;
 
 /// A TCP proxy in front of a redis-server. After [`Proxy::blackout`],

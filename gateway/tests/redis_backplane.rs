@@ -213,6 +213,8 @@ async fn stalled_order_reader_is_closed_4001_and_others_keep_flowing() {
     let prefix = unique_prefix();
     let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
     let gw = TestGateway::start(config).await;
+    // Subscribed before the link is up, a topic is only recorded: the flood's start would be missed.
+    assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 1.0).await, 1.0);
     let mut fast = gw.client().await;
     fast.subscribe("orders.FLOOD").await;
     let mut stalled = gw.client().await;
@@ -246,6 +248,8 @@ async fn stalled_quote_reader_gets_conflated_latest_values() {
     let prefix = unique_prefix();
     let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
     let gw = TestGateway::start(config).await;
+    // Subscribed before the link is up, a topic is only recorded: the flood's start would be missed.
+    assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 1.0).await, 1.0);
     let mut fast = gw.client().await;
     fast.subscribe("quotes.FLOOD").await;
     let mut stalled = gw.client().await;

@@ -25,7 +25,7 @@ use super::table::LinkId;
 
 /// Hash tags tried to find a channel a link carries: enough for a
 /// cluster master that serves a single slot (1 in 16384).
-const TAGS_TRIED: u64 = 1 << 20;
+const TAGS_TRIED: u64 = 1 << 18;
 
 /// A probe to publish.
 #[derive(Debug, PartialEq, Eq)]
