@@ -23,7 +23,7 @@ use wire::Topic;
 use wire::scripts::PublishCommand;
 
 use super::pubsub::link::LinkSettings;
-use super::pubsub::{ManagerSettings, PubSub};
+use super::pubsub::{ManagerSettings, ProbePublish, PubSub};
 use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::{self, Delivery};
 use super::{BoxFuture, Broker, BrokerError};
@@ -75,10 +75,11 @@ impl RedisBroker {
             .set_pipeline_buffer_size(4096);
         let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
+        let mut settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
+        settings.probe.publish = Some(probe_publish(pool.clone(), config.redis_timeout()));
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
-        let delivery = Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel };
+        let delivery = Delivery::new(hub, requests, &config.channel_prefix, reply_channel, &inputs);
         redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,
             label: id.to_string(),
@@ -166,11 +167,7 @@ impl Broker for RedisBroker {
 impl RedisBroker {
     /// Runs one command on a pooled connection, bounded by the timeout.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            cmd.query_async::<T>(&mut conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
-        };
-        timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
+        pool_query(&self.pool, self.timeout, cmd).await
     }
 
     /// Runs one command on the multiplexed connection, bounded by the
@@ -188,4 +185,28 @@ impl RedisBroker {
             Ok(Err(e)) => Err(BrokerError::Refused(e.to_string())),
         }
     }
+}
+
+/// Runs one command on a connection of `pool`, bounded by `limit`.
+async fn pool_query<T: redis::FromRedisValue>(
+    pool: &deadpool_redis::Pool,
+    limit: Duration,
+    cmd: &redis::Cmd,
+) -> Result<T, BrokerError> {
+    let work = async {
+        let mut conn = pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        cmd.query_async::<T>(&mut conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
+    };
+    timeout(limit, work).await.map_err(|_| BrokerError::Timeout)?
+}
+
+/// Delivery probes are published on the pool, as the publish scripts are.
+fn probe_publish(pool: deadpool_redis::Pool, limit: Duration) -> ProbePublish {
+    Arc::new(move |channel, payload| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let cmd = redis_commands::probe_cmd(PublishCommand::Publish, &channel, &payload);
+            pool_query::<i64>(&pool, limit, &cmd).await.map(|_| ())
+        })
+    })
 }

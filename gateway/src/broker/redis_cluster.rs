@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use wire::scripts::PublishCommand;
 use wire::{Topic, keys};
 
-use super::pubsub::{ManagerSettings, PubSub, UpGauge};
+use super::pubsub::{ManagerSettings, ProbePublish, ProbeSettings, PubSub, UpGauge};
 use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::Delivery;
 use super::{BoxFuture, Broker, BrokerError};
@@ -79,16 +79,23 @@ impl RedisClusterBroker {
             .build()
             .map_err(invalid)?;
         let (refresh, refresh_rx) = mpsc::channel(1);
+        let conn: ConnSlot = Arc::default();
+        let settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
         let settings = ManagerSettings {
             up_gauge: UpGauge::Whole,
             refresh: Some(refresh),
-            ..ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone())
+            probe: ProbeSettings {
+                publish: Some(probe_publish(Arc::clone(&conn), config.redis_timeout())),
+                ..settings.probe
+            },
+            ..settings
         };
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
+        let delivery = Delivery::new(hub, requests, &config.channel_prefix, reply_channel, &inputs);
         let topology = topology::Topology {
             seeds,
-            delivery: Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel },
+            delivery,
             inputs,
             health: Arc::clone(pubsub.health()),
             refresh: refresh_rx,
@@ -97,7 +104,6 @@ impl RedisClusterBroker {
             shutdown: shutdown.clone(),
         };
         tokio::spawn(topology.run());
-        let conn: ConnSlot = Arc::default();
         tokio::spawn(connect_commands(
             client,
             Arc::clone(&conn),
@@ -130,17 +136,40 @@ impl RedisClusterBroker {
     /// Runs one command through the cluster connection (routed by its
     /// key, which lives in `key`'s slot), bounded by the timeout.
     async fn query<T: redis::FromRedisValue>(&self, key: &str, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let mut conn = self.conn(key)?;
-        timeout(self.timeout, cmd.query_async::<T>(&mut conn))
-            .await
-            .map_err(|_| BrokerError::Timeout)?
-            .map_err(|e| BrokerError::Refused(e.to_string()))
+        query_on(self.conn(key)?, self.timeout, cmd).await
     }
 
     /// The channel of `topic`: its keys share the channel's slot.
     fn channel(&self, topic: &Topic) -> String {
         keys::channel(&self.prefix, topic.as_str())
     }
+}
+
+/// Runs one command on the cluster connection, bounded by `limit`.
+async fn query_on<T: redis::FromRedisValue>(
+    mut conn: ClusterConnection,
+    limit: Duration,
+    cmd: &redis::Cmd,
+) -> Result<T, BrokerError> {
+    timeout(limit, cmd.query_async::<T>(&mut conn))
+        .await
+        .map_err(|_| BrokerError::Timeout)?
+        .map_err(|e| BrokerError::Refused(e.to_string()))
+}
+
+/// Delivery probes go through the cluster connection with `SPUBLISH`,
+/// routed by the channel's slot, as the publish scripts are. (The probed
+/// link is up, so its slots need no check.)
+fn probe_publish(slot: ConnSlot, limit: Duration) -> ProbePublish {
+    Arc::new(move |channel, payload| {
+        let conn = slot.read().unwrap_or_else(PoisonError::into_inner).clone();
+        Box::pin(async move {
+            let conn = conn
+                .ok_or_else(|| BrokerError::Unavailable("not connected to the Redis Cluster yet".into()))?;
+            let cmd = redis_commands::probe_cmd(PublishCommand::SPublish, &channel, &payload);
+            query_on::<i64>(conn, limit, &cmd).await.map(|_| ())
+        })
+    })
 }
 
 /// Makes the command connection (learning the slot map from a seed),

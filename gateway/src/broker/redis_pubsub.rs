@@ -15,7 +15,7 @@ use wire::keys;
 use super::BoxFuture;
 use super::pubsub::link::{self, Connected, Connector, LinkSettings, Notice};
 use super::pubsub::table::Outcome;
-use super::pubsub::{Inputs, Layout, LinkSpec};
+use super::pubsub::{Inputs, Layout, LinkSpec, ProbeReturns};
 use crate::hub::Hub;
 use crate::requests::Requests;
 
@@ -26,11 +26,28 @@ pub(crate) struct Delivery {
     pub(crate) requests: Arc<Requests>,
     pub(crate) prefix: String,
     pub(crate) reply_channel: String,
+    /// This node's delivery probes, taken before the hub sees them.
+    pub(crate) probes: ProbeReturns,
 }
 
 impl Delivery {
-    /// One received message: an order reply or a topic's envelope.
+    /// Delivers into `hub` and `requests`, with the probes of `inputs`'s manager.
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        requests: Arc<Requests>,
+        prefix: &str,
+        reply_channel: String,
+        inputs: &Inputs,
+    ) -> Self {
+        Delivery { hub, requests, prefix: prefix.to_owned(), reply_channel, probes: inputs.probes.clone() }
+    }
+
+    /// One received message: a delivery probe, an order reply or a
+    /// topic's envelope.
     pub(crate) fn deliver(&self, channel: &str, payload: &[u8]) {
+        if self.probes.take(channel, payload) {
+            return;
+        }
         if channel == self.reply_channel {
             self.requests.resolve(payload);
         } else if let Some(topic) = keys::topic_of_channel(&self.prefix, channel) {
