@@ -8,6 +8,8 @@
 //!   client;
 //! * [`sentinel`]: where a connection goes (one fixed server, or the
 //!   master Redis Sentinel names at each connect);
+//! * [`shared`]: one multiplexed connection many callers share, that
+//!   reconnects (through its target) after it broke;
 //! * [`settings`]: validating the Redis keys of a service's config
 //!   (`redis_url`, `redis_cluster`, `channel_prefix`) and showing a
 //!   `redis_url` without its password.
@@ -19,8 +21,10 @@ pub mod pool;
 pub mod scripts;
 pub mod sentinel;
 pub mod settings;
+pub mod shared;
 pub mod slots;
 
 pub use pool::{Pool, PoolError, PoolOptions, cluster_client, pool};
 pub use scripts::{PublishCommand, Scripts};
 pub use sentinel::{ConnectError, SentinelConfig, Target};
+pub use shared::SharedConnection;

@@ -114,6 +114,8 @@ impl RedisClusterBroker {
                 &config.channel_prefix,
                 PublishCommand::SPublish,
                 config.history_maxlen,
+                false,
+                config.redis_timeout(),
             ),
         })
     }

@@ -48,9 +48,10 @@ impl Drop for ReaderGuard {
     }
 }
 
-/// Opens plain (RESP2) pub/sub connections to the one Redis.
+/// Opens plain (RESP2) pub/sub connections to the one Redis (behind
+/// Sentinel: to the master the sentinels name at each connect).
 struct PlainConnector {
-    client: redis::Client,
+    target: redis_backplane::Target,
     delivery: Delivery,
 }
 
@@ -59,7 +60,8 @@ impl Connector for PlainConnector {
 
     fn connect(&self) -> BoxFuture<'_, Result<Connected<Self::Conn>, String>> {
         Box::pin(async move {
-            let pubsub = self.client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+            let client = self.target.client().await.map_err(|e| e.to_string())?;
+            let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
             let (sink, mut stream) = pubsub.split();
             let (tx, rx) = mpsc::unbounded_channel();
             let delivery = self.delivery.clone();
@@ -119,9 +121,9 @@ pub(crate) fn connection_gone(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
 }
 
-/// Spawns `count` links to `client` and hands the manager their layout.
+/// Spawns `count` links to `target` and hands the manager their layout.
 pub(crate) fn spawn_links(
-    client: &redis::Client,
+    target: &redis_backplane::Target,
     count: usize,
     delivery: Delivery,
     inputs: &Inputs,
@@ -130,7 +132,7 @@ pub(crate) fn spawn_links(
     let mut added = Vec::with_capacity(count);
     for id in 0..count {
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let connector = PlainConnector { client: client.clone(), delivery: delivery.clone() };
+        let connector = PlainConnector { target: target.clone(), delivery: delivery.clone() };
         let settings = settings(id);
         added.push(LinkSpec { id, label: settings.label.clone(), slots: Vec::new(), commands });
         tokio::spawn(link::run(connector, settings, commands_rx, inputs.events.clone()));
