@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod otlp;
 pub mod process;
 pub mod resilient;
+pub mod sentinel;
 
 pub use cluster::{ClusterOptions, RedisCluster};
 
