@@ -255,3 +255,42 @@ async fn master_killed_under_load() {
     );
     assert!(began.elapsed() < BOUND, "took {:?}", began.elapsed());
 }
+
+/// What waiting for a replica costs an order update: the update script
+/// on a master with one replica, published by the script (as without
+/// Sentinel) or only after `WAIT 1` (as behind Sentinel), one update per
+/// call and 64 per pipeline. Prints the time per update; docs/design.md
+/// quotes it. Ignored: a measurement, not a check (`--run-ignored only`).
+#[tokio::test]
+#[ignore]
+async fn wait_for_a_replica_cost() {
+    use redis_backplane::scripts::{PublishCommand, Scripts, Update};
+    let scratch = Scratch::new("sentinel-wait");
+    let group = SentinelGroup::start(1, 1, &scratch.dir).await;
+    let master = group.master_port().await.unwrap();
+    let mut conn = sentinel::data_conn(master).await.unwrap();
+    let plain = Scripts::new("rt:", PublishCommand::Publish, 1000);
+    let replicated = Scripts::new("rt:", PublishCommand::Publish, 1000).replicated(1, 1000);
+    for (name, scripts) in [("published by the script", &plain), ("after WAIT 1", &replicated)] {
+        for batch in [1usize, 64] {
+            let calls = 2048 / batch;
+            let started = Instant::now();
+            for call in 0..calls {
+                let ids: Vec<String> = (0..batch).map(|i| format!("{name}-{batch}-{call}-{i}")).collect();
+                let updates: Vec<Update<'_>> = ids
+                    .iter()
+                    .map(|id| Update {
+                        topic: "orders.bench",
+                        id,
+                        head: r#"{"topic":"orders.bench","seq":"#,
+                        tail: r#","ts":1,"data":{}}"#,
+                        floor: 0,
+                    })
+                    .collect();
+                scripts.write_updates(&mut conn, &updates).await.unwrap();
+            }
+            let per = started.elapsed() / (calls * batch) as u32;
+            println!("order update {name}, {batch} per pipeline: {per:?} per update");
+        }
+    }
+}
