@@ -43,6 +43,11 @@ pub struct Config {
     pub redis_sentinel_master: String,
     /// The sentinels' own password (their `requirepass`); empty: none.
     pub redis_sentinel_password: Secret,
+    /// Behind Sentinel, replicas that must have an order update before it
+    /// is published (`WAIT`): 1 survives a master's crash; all of them
+    /// also a planned failover or a partition, but then one replica
+    /// down stops order updates.
+    pub redis_sentinel_wait_replicas: u32,
     /// Prefix of every Redis channel and key (the contract's default `rt:`).
     pub channel_prefix: String,
     /// Largest client frame accepted; larger ones close the socket (1009).
@@ -173,6 +178,7 @@ impl fmt::Debug for Config {
             redis_sentinels,
             redis_sentinel_master,
             redis_sentinel_password,
+            redis_sentinel_wait_replicas,
             channel_prefix,
             max_frame_bytes,
             max_subscriptions,
@@ -220,6 +226,7 @@ impl fmt::Debug for Config {
             .field("redis_sentinels", redis_sentinels)
             .field("redis_sentinel_master", redis_sentinel_master)
             .field("redis_sentinel_password", redis_sentinel_password)
+            .field("redis_sentinel_wait_replicas", redis_sentinel_wait_replicas)
             .field("channel_prefix", channel_prefix)
             .field("max_frame_bytes", max_frame_bytes)
             .field("max_subscriptions", max_subscriptions)
@@ -272,6 +279,7 @@ impl Default for Config {
             redis_sentinels: String::new(),
             redis_sentinel_master: String::new(),
             redis_sentinel_password: Secret::default(),
+            redis_sentinel_wait_replicas: 1,
             channel_prefix: "rt:".into(),
             max_frame_bytes: 64 * 1024,
             max_subscriptions: 1024,
@@ -346,6 +354,7 @@ impl Config {
         redis_backplane::settings::check_sentinel(
             &self.redis_sentinels,
             &self.redis_sentinel_master,
+            self.redis_sentinel_wait_replicas,
             &self.redis_url,
             self.redis_cluster,
         )
@@ -449,6 +458,7 @@ impl Config {
             &self.redis_sentinels,
             &self.redis_sentinel_master,
             self.redis_sentinel_password.expose(),
+            self.redis_sentinel_wait_replicas,
         )
     }
 
@@ -608,6 +618,7 @@ mod tests {
             ("GATEWAY_REDIS_SENTINELS", "127.0.0.1", "redis_sentinels"),
             ("GATEWAY_REDIS_SENTINEL_MASTER", "", "redis_sentinel_master"),
             ("GATEWAY_REDIS_CLUSTER", "true", "redis_sentinels"),
+            ("GATEWAY_REDIS_SENTINEL_WAIT_REPLICAS", "65", "redis_sentinel_wait_replicas"),
             ("GATEWAY_REDIS_URL", "unix:///tmp/r.sock", "redis_url"),
         ] {
             let mut vars = env(&[("GATEWAY_REDIS_SENTINELS", "a:1"), ("GATEWAY_REDIS_SENTINEL_MASTER", "m")]);

@@ -45,6 +45,7 @@ pub fn publisher_config(config: &Config, node_id: &str) -> publisher::Config {
         redis_sentinels: config.redis_sentinels.clone(),
         redis_sentinel_master: config.redis_sentinel_master.clone(),
         redis_sentinel_password: config.redis_sentinel_password.clone(),
+        redis_sentinel_wait_replicas: config.redis_sentinel_wait_replicas,
         channel_prefix: config.channel_prefix.clone(),
         symbols: config.demo_symbols.join(","),
         symbol_count: 20,

@@ -46,6 +46,11 @@ pub struct Config {
     pub redis_sentinel_master: String,
     /// The sentinels' own password (their `requirepass`); empty: none.
     pub redis_sentinel_password: Secret,
+    /// Behind Sentinel, replicas that must have an order update before it
+    /// is published (`WAIT`): 1 survives a master's crash; all of them
+    /// also a planned failover or a partition, but then one replica
+    /// down stops order updates.
+    pub redis_sentinel_wait_replicas: u32,
     /// Prefix of every Redis channel and key (the contract's default `rt:`).
     pub channel_prefix: String,
     /// Comma-separated symbols to quote and trade; empty means
@@ -116,6 +121,7 @@ impl fmt::Debug for Config {
             redis_sentinels,
             redis_sentinel_master,
             redis_sentinel_password,
+            redis_sentinel_wait_replicas,
             channel_prefix,
             symbols,
             symbol_count,
@@ -148,6 +154,7 @@ impl fmt::Debug for Config {
             .field("redis_sentinels", redis_sentinels)
             .field("redis_sentinel_master", redis_sentinel_master)
             .field("redis_sentinel_password", redis_sentinel_password)
+            .field("redis_sentinel_wait_replicas", redis_sentinel_wait_replicas)
             .field("channel_prefix", channel_prefix)
             .field("symbols", symbols)
             .field("symbol_count", symbol_count)
@@ -185,6 +192,7 @@ impl Default for Config {
             redis_sentinels: String::new(),
             redis_sentinel_master: String::new(),
             redis_sentinel_password: Secret::default(),
+            redis_sentinel_wait_replicas: 1,
             channel_prefix: "rt:".into(),
             symbols: String::new(),
             symbol_count: 100,
@@ -239,6 +247,7 @@ impl Config {
         redis_backplane::settings::check_sentinel(
             &self.redis_sentinels,
             &self.redis_sentinel_master,
+            self.redis_sentinel_wait_replicas,
             &self.redis_url,
             self.redis_cluster,
         )
@@ -313,6 +322,7 @@ impl Config {
             &self.redis_sentinels,
             &self.redis_sentinel_master,
             self.redis_sentinel_password.expose(),
+            self.redis_sentinel_wait_replicas,
         )
     }
 
@@ -414,7 +424,7 @@ mod tests {
             let env = format!("# env {ENV_PREFIX}_{}", key.to_uppercase());
             assert!(text.contains(&env), "{key} lacks its env var comment");
         }
-        assert_eq!(table.len(), 30, "every key of Config is in the example");
+        assert_eq!(table.len(), 31, "every key of Config is in the example");
     }
 
     #[test]
@@ -481,6 +491,7 @@ mod tests {
             ("PUBLISHER_REDIS_SENTINELS", "nohost", "redis_sentinels"),
             ("PUBLISHER_REDIS_SENTINEL_MASTER", "", "redis_sentinel_master"),
             ("PUBLISHER_REDIS_CLUSTER", "true", "redis_sentinels"),
+            ("PUBLISHER_REDIS_SENTINEL_WAIT_REPLICAS", "0", "redis_sentinel_wait_replicas"),
         ] {
             let mut vars =
                 env(&[("PUBLISHER_REDIS_SENTINELS", "a:1"), ("PUBLISHER_REDIS_SENTINEL_MASTER", "m")]);

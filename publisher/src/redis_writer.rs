@@ -91,10 +91,10 @@ impl RedisWriter {
     pub fn new(config: &Config) -> Result<Self, WriteError> {
         let mut writer =
             Self::with_link(Link::open(config)?, config.channel_prefix.clone(), config.history_maxlen);
-        if config.sentinel().is_some() {
-            // One replica; WAIT ends well within the command timeout.
+        if let Some(sentinel) = config.sentinel() {
+            // WAIT ends well within the command timeout.
             let wait = (config.redis_timeout() / 2).as_millis() as u64;
-            writer.scripts = writer.scripts.replicated(1, wait);
+            writer.scripts = writer.scripts.replicated(sentinel.wait_replicas, wait);
             writer.floors = Some(Floors::default());
         }
         Ok(writer)

@@ -41,12 +41,24 @@ pub struct SentinelConfig<'a> {
     pub master: &'a str,
     /// `requirepass` of the sentinels themselves; empty: none.
     pub password: &'a str,
+    /// Replicas an order update must reach before it is published.
+    pub wait_replicas: u32,
 }
 
 impl<'a> SentinelConfig<'a> {
     /// The Sentinel keys of a config, when `sentinels` lists any.
-    pub fn from_keys(sentinels: &'a str, master: &'a str, password: &'a str) -> Option<Self> {
-        crate::settings::seeds(sentinels).next().map(|_| SentinelConfig { sentinels, master, password })
+    pub fn from_keys(
+        sentinels: &'a str,
+        master: &'a str,
+        password: &'a str,
+        wait_replicas: u32,
+    ) -> Option<Self> {
+        crate::settings::seeds(sentinels).next().map(|_| SentinelConfig {
+            sentinels,
+            master,
+            password,
+            wait_replicas,
+        })
     }
 }
 
@@ -209,9 +221,10 @@ mod tests {
 
     #[test]
     fn needs_a_sentinel() {
-        let config = SentinelConfig { sentinels: " , ", master: "m", password: "" };
+        let config = SentinelConfig { sentinels: " , ", master: "m", password: "", wait_replicas: 1 };
         assert!(Target::open("", Some(config), Duration::from_secs(1)).is_err());
-        let config = SentinelConfig { sentinels: "127.0.0.1:26379", master: "m", password: "s" };
+        let config =
+            SentinelConfig { sentinels: "127.0.0.1:26379", master: "m", password: "s", wait_replicas: 1 };
         assert!(
             Target::open("redis://:p@ignored:1/0", Some(config), Duration::from_secs(1)).unwrap().moves()
         );

@@ -40,14 +40,18 @@ pub fn host_port(entry: &str) -> Result<(&str, u16), String> {
 
 /// Why the Sentinel keys cannot work, with the key to name. Without
 /// `sentinels` the other two must be empty; with them, `master` is
-/// required, `redis_cluster` is off, and `redis_url` (which then gives
+/// required, `redis_cluster` is off, `wait_replicas` is 1 to 64, and `redis_url` (which then gives
 /// only scheme, credentials and database) is empty or a TCP URL.
 pub fn check_sentinel(
     sentinels: &str,
     master: &str,
+    wait_replicas: u32,
     url: &str,
     cluster: bool,
 ) -> Result<(), (&'static str, String)> {
+    if !(1..=64).contains(&wait_replicas) {
+        return Err(("redis_sentinel_wait_replicas", format!("{wait_replicas} is outside 1..=64")));
+    }
     if seeds(sentinels).next().is_none() {
         if !master.is_empty() {
             return Err(("redis_sentinel_master", "is set, but redis_sentinels lists no sentinel".into()));
@@ -144,7 +148,11 @@ mod tests {
 
     #[test]
     fn sentinel_rules() {
-        let ok = |s, m, u, c| check_sentinel(s, m, u, c).map_err(|(key, _)| key);
+        let ok = |s, m, u, c| check_sentinel(s, m, 1, u, c).map_err(|(key, _)| key);
+        assert_eq!(
+            check_sentinel("a:1", "m", 0, "", false).map_err(|(k, _)| k),
+            Err("redis_sentinel_wait_replicas")
+        );
         assert_eq!(ok("", "", "redis://x:1", false), Ok(()));
         assert_eq!(ok("a:1, [::1]:26379,", "mymaster", "", false), Ok(()));
         assert_eq!(ok("a:1", "mymaster", "rediss://:p@x/0", false), Ok(()));

@@ -147,6 +147,13 @@ impl SentinelGroup {
         }
     }
 
+    /// Asks the first sentinel for a failover (`SENTINEL FAILOVER`): a
+    /// replica is promoted and the old master, still running, turns replica.
+    pub async fn force_failover(&self) {
+        let mut c = sentinel_conn(self.sentinels[0].0).await.expect("a sentinel");
+        let _: () = redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER).query_async(&mut c).await.unwrap();
+    }
+
     /// Waits until every sentinel names a master other than `old` and that
     /// server answers `ROLE` master; returns its port.
     pub async fn wait_new_master(&self, old: u16, within: Duration) -> u16 {

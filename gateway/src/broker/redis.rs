@@ -99,7 +99,7 @@ impl RedisBroker {
                 &config.channel_prefix,
                 PublishCommand::Publish,
                 config.history_maxlen,
-                config.sentinel().is_some(),
+                config.sentinel().map_or(0, |s| s.wait_replicas),
                 config.redis_timeout(),
             ),
         })

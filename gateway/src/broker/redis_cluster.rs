@@ -114,7 +114,7 @@ impl RedisClusterBroker {
                 &config.channel_prefix,
                 PublishCommand::SPublish,
                 config.history_maxlen,
-                false,
+                0,
                 config.redis_timeout(),
             ),
         })

@@ -23,19 +23,19 @@ pub struct ScriptPublisher {
 }
 
 impl ScriptPublisher {
-    /// `replicated` (behind Sentinel): an order update is published only
-    /// once a replica has it (within half of `timeout`), as the
+    /// `replicas` > 0 (behind Sentinel): an order update is published only
+    /// once that many replicas have it (within half of `timeout`), as the
     /// publisher's are, so a failover cannot lose a delivered one.
     pub fn new(
         prefix: &str,
         command: PublishCommand,
         history_maxlen: usize,
-        replicated: bool,
+        replicas: u32,
         timeout: Duration,
     ) -> Self {
         let mut scripts = Scripts::new(prefix, command, history_maxlen as u64);
-        if replicated {
-            scripts = scripts.replicated(1, (timeout / 2).as_millis() as u64);
+        if replicas > 0 {
+            scripts = scripts.replicated(replicas, (timeout / 2).as_millis() as u64);
         }
         ScriptPublisher { scripts }
     }
