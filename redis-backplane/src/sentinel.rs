@@ -65,8 +65,8 @@ impl<'a> SentinelConfig<'a> {
 /// Where connections go; cheap to clone.
 #[derive(Clone)]
 pub enum Target {
-    /// One fixed server.
-    Direct(Client),
+    /// One fixed server (boxed: a client is large, the enum is cloned).
+    Direct(Box<Client>),
     /// Whichever server the sentinels name master at each connect.
     Sentinel(Arc<Sentinel>),
 }
@@ -80,7 +80,7 @@ impl Target {
         limit: Duration,
     ) -> Result<Target, ConnectError> {
         match sentinel {
-            None => Ok(Target::Direct(Client::open(url)?)),
+            None => Ok(Target::Direct(Box::new(Client::open(url)?))),
             Some(config) => Ok(Target::Sentinel(Arc::new(Sentinel::new(url, config, limit)?))),
         }
     }
@@ -88,7 +88,7 @@ impl Target {
     /// A client for the server to connect to now.
     pub async fn client(&self) -> Result<Client, ConnectError> {
         match self {
-            Target::Direct(client) => Ok(client.clone()),
+            Target::Direct(client) => Ok(Client::clone(client)),
             Target::Sentinel(sentinel) => sentinel.master().await,
         }
     }
