@@ -351,19 +351,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        redis_backplane::settings::check_sentinel(
-            &self.redis_sentinels,
-            &self.redis_sentinel_master,
-            self.redis_sentinel_wait_replicas,
-            &self.redis_url,
-            self.redis_cluster,
-        )
-        .map_err(|(key, e)| bad(key, e))?;
         // Empty without a cluster or Sentinel: the in-memory backplane.
-        if self.sentinel().is_none() && (self.redis_cluster || !self.redis_url.is_empty()) {
-            redis_backplane::settings::check_url(&self.redis_url, self.redis_cluster)
-                .map_err(|e| bad("redis_url", e))?;
-        }
+        self.redis_keys().check(false).map_err(|(key, e)| bad(key, e))?;
         redis_backplane::settings::check_prefix(&self.channel_prefix, self.redis_cluster)
             .map_err(|e| bad("channel_prefix", e))?;
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
@@ -454,12 +443,18 @@ impl Config {
 
     /// The Sentinel keys, when the master is found through Sentinel.
     pub fn sentinel(&self) -> Option<redis_backplane::SentinelConfig<'_>> {
-        redis_backplane::SentinelConfig::from_keys(
-            &self.redis_sentinels,
-            &self.redis_sentinel_master,
-            self.redis_sentinel_password.expose(),
-            self.redis_sentinel_wait_replicas,
-        )
+        self.redis_keys().sentinel()
+    }
+
+    fn redis_keys(&self) -> redis_backplane::settings::RedisKeys<'_> {
+        redis_backplane::settings::RedisKeys {
+            url: &self.redis_url,
+            cluster: self.redis_cluster,
+            sentinels: &self.redis_sentinels,
+            sentinel_master: &self.redis_sentinel_master,
+            sentinel_password: self.redis_sentinel_password.expose(),
+            sentinel_wait_replicas: self.redis_sentinel_wait_replicas,
+        }
     }
 
     /// The seed nodes of a Redis Cluster (`redis_url` split at commas).

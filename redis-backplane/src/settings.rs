@@ -4,6 +4,8 @@
 //! in the gateway and the publisher, and how a `redis_url` is shown
 //! without its password.
 
+use crate::sentinel::SentinelConfig;
+
 /// The seed nodes of a Redis Cluster: `url` split at commas, blanks dropped.
 pub fn seeds(url: &str) -> impl Iterator<Item = &str> {
     url.split(',').map(str::trim).filter(|u| !u.is_empty())
@@ -74,6 +76,47 @@ pub fn check_sentinel(
         ));
     }
     Ok(())
+}
+
+/// The Redis keys of a service's config, as read (both services have
+/// the same ones): checked and turned into a [`SentinelConfig`] here.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisKeys<'a> {
+    pub url: &'a str,
+    pub cluster: bool,
+    pub sentinels: &'a str,
+    pub sentinel_master: &'a str,
+    pub sentinel_password: &'a str,
+    pub sentinel_wait_replicas: u32,
+}
+
+impl<'a> RedisKeys<'a> {
+    /// Why these keys cannot work, with the key to name. An empty
+    /// `redis_url` without cluster or Sentinel passes unless `url_required`
+    /// (the gateway's in-memory backplane).
+    pub fn check(&self, url_required: bool) -> Result<(), (&'static str, String)> {
+        check_sentinel(
+            self.sentinels,
+            self.sentinel_master,
+            self.sentinel_wait_replicas,
+            self.url,
+            self.cluster,
+        )?;
+        if self.sentinel().is_none() && (url_required || self.cluster || !self.url.is_empty()) {
+            check_url(self.url, self.cluster).map_err(|e| ("redis_url", e))?;
+        }
+        Ok(())
+    }
+
+    /// The Sentinel keys, when the master is found through Sentinel.
+    pub fn sentinel(&self) -> Option<SentinelConfig<'a>> {
+        SentinelConfig::from_keys(
+            self.sentinels,
+            self.sentinel_master,
+            self.sentinel_password,
+            self.sentinel_wait_replicas,
+        )
+    }
 }
 
 /// Why `channel_prefix` cannot work.

@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
 use crate::process::Process;
-use crate::{WAIT, eventually, free_port};
+use crate::{WAIT, eventually, free_port, wait_ping};
 
 /// The master's name in the sentinels' configuration.
 pub const MASTER: &str = "mymaster";
@@ -123,16 +123,8 @@ impl SentinelGroup {
     /// The master's port as the first answering sentinel names it.
     pub async fn master_port(&self) -> Option<u16> {
         for &(port, _) in &self.sentinels {
-            let Some(mut c) = sentinel_conn(port).await else { continue };
-            let named: Option<(String, String)> = redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(MASTER)
-                .query_async(&mut c)
-                .await
-                .ok()
-                .flatten();
-            if let Some((_, p)) = named {
-                return p.parse().ok();
+            if let Some(named) = named_master(port).await {
+                return Some(named);
             }
         }
         None
@@ -161,15 +153,7 @@ impl SentinelGroup {
         loop {
             let mut named = Vec::new();
             for &(port, _) in &self.sentinels {
-                let Some(mut c) = sentinel_conn(port).await else { continue };
-                let addr: Option<(String, String)> = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(MASTER)
-                    .query_async(&mut c)
-                    .await
-                    .ok()
-                    .flatten();
-                named.push(addr.and_then(|(_, p)| p.parse::<u16>().ok()));
+                named.push(named_master(port).await);
             }
             if let Some(Some(new)) = named.first().copied()
                 && new != old
@@ -196,6 +180,14 @@ pub async fn data_conn(port: u16) -> Option<MultiplexedConnection> {
     tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await.ok()?.ok()
 }
 
+/// The master's port as the sentinel on `port` names it.
+async fn named_master(port: u16) -> Option<u16> {
+    let mut c = sentinel_conn(port).await?;
+    let named: Option<(String, String)> =
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER).query_async(&mut c).await.ok()?;
+    named?.1.parse().ok()
+}
+
 async fn sentinel_conn(port: u16) -> Option<MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://:{SENTINEL_PASSWORD}@127.0.0.1:{port}")).ok()?;
     tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await.ok()?.ok()
@@ -204,17 +196,6 @@ async fn sentinel_conn(port: u16) -> Option<MultiplexedConnection> {
 async fn info_replication(port: u16) -> Option<String> {
     let mut c = data_conn(port).await?;
     redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()
-}
-
-async fn wait_ping(url: String) {
-    eventually("a redis-server to answer PING", || {
-        let url = url.clone();
-        async move {
-            let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
-            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-        }
-    })
-    .await;
 }
 
 /// As [`eventually`], with three times its patience: sentinels find each
