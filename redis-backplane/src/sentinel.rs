@@ -93,6 +93,23 @@ impl Target {
         }
     }
 
+    /// Whether the sentinels now name a master other than `addr` (the
+    /// address of a client [`Target::client`] gave). False for a fixed
+    /// server, and when no sentinel answers (nothing is known to differ).
+    pub async fn moved_from(&self, addr: &ConnectionAddr) -> bool {
+        let Target::Sentinel(sentinel) = self else { return false };
+        match sentinel.named().await {
+            Some((host, port)) => match addr {
+                ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. } => {
+                    *h != host || *p != port
+                }
+                // A Unix socket (never named by a sentinel) or a new kind.
+                _ => false,
+            },
+            None => false,
+        }
+    }
+
     /// Whether the server may change under a connection (a failover):
     /// then a kept connection is checked with `ROLE`, not only `PING`.
     pub fn moves(&self) -> bool {
@@ -147,7 +164,18 @@ impl Sentinel {
         Err(ConnectError::Sentinel(format!("no master for {:?}: {}", self.master, errors.join("; "))))
     }
 
-    async fn ask(&self, sentinel: &Client) -> Result<Client, ConnectError> {
+    /// The master's address as the first answering sentinel names it
+    /// (not checked with `ROLE`: to notice that it moved).
+    pub async fn named(&self) -> Option<(String, u16)> {
+        for (_, sentinel) in &self.sentinels {
+            if let Ok(Ok(named)) = timeout(self.limit, self.ask_address(sentinel)).await {
+                return Some(named);
+            }
+        }
+        None
+    }
+
+    async fn ask_address(&self, sentinel: &Client) -> Result<(String, u16), ConnectError> {
         let mut conn = sentinel.get_multiplexed_async_connection().await?;
         let named: Option<(String, String)> = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
@@ -158,6 +186,11 @@ impl Sentinel {
             return Err(ConnectError::Sentinel(format!("does not know master {:?}", self.master)));
         };
         let port: u16 = port.parse().map_err(|_| ConnectError::Sentinel(format!("named port {port:?}")))?;
+        Ok((host, port))
+    }
+
+    async fn ask(&self, sentinel: &Client) -> Result<Client, ConnectError> {
+        let (host, port) = self.ask_address(sentinel).await?;
         let client = Client::open(self.data.clone().set_addr(same_scheme(self.data.addr(), &host, port)))?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let role: Value = redis::cmd("ROLE").query_async(&mut conn).await?;
