@@ -188,6 +188,14 @@ async fn failover(how: Failover) {
     // Load on the new master, then a drain: every lifecycle ends, every
     // buffered update is written.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The links moved once, or twice where a first reconnect still found
+    // the old master (planned): no flapping between the two.
+    let mut reconnects = Vec::new();
+    for node in &nodes {
+        let n = node.metric("gateway_backplane_reconnects_total").await;
+        assert!((1.0..=2.0).contains(&n), "{}: {n} backplane reconnects", node.node_id);
+        reconnects.push(n);
+    }
     let publisher_metrics =
         process::try_http(publisher.addr, "GET", "/metrics", None).await.unwrap_or_default().1;
     publisher.process.terminate();
@@ -291,7 +299,7 @@ async fn failover(how: Failover) {
     println!(
         "sentinel failover ({how:?}): master {old} gone, {new} promoted after {promoted:?}; nodes ready again after \
          {back:?} (not ready for {outages:?}); {order_updates} order updates delivered, none lost, \
-         {repeats} repeated with the same content; quotes: {}; publisher: {} published, {} skipped",
+         {repeats} repeated with the same content; link reconnects per node {reconnects:?}; quotes: {}; publisher: {} published, {} skipped",
         missed.join("; "),
         metric(&publisher_metrics, "publisher_quotes_published_total"),
         metric(&publisher_metrics, "publisher_quotes_skipped_total"),
