@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis_backplane::scripts::{PublishCommand, Scripts, Update};
+use redis_backplane::scripts::{PublishCommand, Scripts, Update, UpdateError};
 use wire::{Topic, TopicFamily, keys};
 
 use super::BrokerError;
@@ -62,7 +62,12 @@ impl ScriptPublisher {
                 if self.scripts.is_replicated() {
                     let update = Update { topic: name, id: &update_id, head: &head, tail: &tail, floor: 0 };
                     let written = self.scripts.write_updates(conn, &[update]).await;
-                    let written = written.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                    // Too few replicas: try later; anything else as without Sentinel.
+                    let written = written.map_err(|e| match e {
+                        UpdateError::Unreplicated { .. } => BrokerError::Unavailable(e.to_string()),
+                        UpdateError::Redis(e) => refused(e),
+                        UpdateError::Reply(_) => BrokerError::Refused(e.to_string()),
+                    })?;
                     return written
                         .first()
                         .map(|(seq, _)| *seq)
