@@ -35,6 +35,19 @@ pub struct Config {
     /// sharded pub/sub (SSUBSCRIBE / SPUBLISH), so each message only
     /// crosses the shard that owns its channel's slot.
     pub redis_cluster: bool,
+    /// Redis Sentinel: `host:port` of each sentinel, comma-separated
+    /// (asked in this order); the backplane is the master they name, and
+    /// `redis_url` then gives only scheme, user, password and database.
+    pub redis_sentinels: String,
+    /// The master's name in the sentinels' configuration.
+    pub redis_sentinel_master: String,
+    /// The sentinels' own password (their `requirepass`); empty: none.
+    pub redis_sentinel_password: Secret,
+    /// Behind Sentinel, replicas that must have an order update before it
+    /// is published (`WAIT`): 1 survives a master's crash; all of them
+    /// also a planned failover or a partition, but then one replica
+    /// down stops order updates.
+    pub redis_sentinel_wait_replicas: u32,
     /// Prefix of every Redis channel and key (the contract's default `rt:`).
     pub channel_prefix: String,
     /// Largest client frame accepted; larger ones close the socket (1009).
@@ -169,6 +182,10 @@ impl fmt::Debug for Config {
             node_id,
             redis_url,
             redis_cluster,
+            redis_sentinels,
+            redis_sentinel_master,
+            redis_sentinel_password,
+            redis_sentinel_wait_replicas,
             channel_prefix,
             max_frame_bytes,
             max_subscriptions,
@@ -215,6 +232,10 @@ impl fmt::Debug for Config {
             .field("node_id", node_id)
             .field("redis_url", &redis_backplane::settings::redacted_url(redis_url))
             .field("redis_cluster", redis_cluster)
+            .field("redis_sentinels", redis_sentinels)
+            .field("redis_sentinel_master", redis_sentinel_master)
+            .field("redis_sentinel_password", redis_sentinel_password)
+            .field("redis_sentinel_wait_replicas", redis_sentinel_wait_replicas)
             .field("channel_prefix", channel_prefix)
             .field("max_frame_bytes", max_frame_bytes)
             .field("max_subscriptions", max_subscriptions)
@@ -266,6 +287,10 @@ impl Default for Config {
             node_id: String::new(),
             redis_url: String::new(),
             redis_cluster: false,
+            redis_sentinels: String::new(),
+            redis_sentinel_master: String::new(),
+            redis_sentinel_password: Secret::default(),
+            redis_sentinel_wait_replicas: 1,
             channel_prefix: "rt:".into(),
             max_frame_bytes: 64 * 1024,
             max_subscriptions: 1024,
@@ -339,11 +364,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        // Empty without a cluster: the in-memory backplane.
-        if self.redis_cluster || !self.redis_url.is_empty() {
-            redis_backplane::settings::check_url(&self.redis_url, self.redis_cluster)
-                .map_err(|e| bad("redis_url", e))?;
-        }
+        // Empty without a cluster or Sentinel: the in-memory backplane.
+        self.redis_keys().check(false).map_err(|(key, e)| bad(key, e))?;
         redis_backplane::settings::check_prefix(&self.channel_prefix, self.redis_cluster)
             .map_err(|e| bad("channel_prefix", e))?;
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
@@ -409,7 +431,7 @@ impl Config {
     /// Whether this node runs the publisher's producers in process.
     pub fn demo_enabled(&self) -> bool {
         match self.demo {
-            Switch::Auto => self.redis_url.is_empty(),
+            Switch::Auto => !self.uses_redis(),
             Switch::On => true,
             Switch::Off => false,
         }
@@ -430,6 +452,27 @@ impl Config {
             log_format: self.log_format,
             quote_ratio: self.trace_quote_ratio,
             order_ratio: self.trace_order_ratio,
+        }
+    }
+
+    /// Whether the backplane is Redis (else the in-memory one).
+    pub fn uses_redis(&self) -> bool {
+        !self.redis_url.is_empty() || self.sentinel().is_some()
+    }
+
+    /// The Sentinel keys, when the master is found through Sentinel.
+    pub fn sentinel(&self) -> Option<redis_backplane::SentinelConfig<'_>> {
+        self.redis_keys().sentinel()
+    }
+
+    fn redis_keys(&self) -> redis_backplane::settings::RedisKeys<'_> {
+        redis_backplane::settings::RedisKeys {
+            url: &self.redis_url,
+            cluster: self.redis_cluster,
+            sentinels: &self.redis_sentinels,
+            sentinel_master: &self.redis_sentinel_master,
+            sentinel_password: self.redis_sentinel_password.expose(),
+            sentinel_wait_replicas: self.redis_sentinel_wait_replicas,
         }
     }
 
@@ -581,6 +624,30 @@ mod tests {
             let vars = env(&[("GATEWAY_REDIS_CLUSTER", "true"), ("GATEWAY_REDIS_URL", url)]);
             let err = Config::load_from(None, vars).unwrap_err().to_string();
             assert!(err.contains("redis_url") && err.contains("seed"), "{url:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sentinel_keys_are_checked() {
+        let vars = env(&[
+            ("GATEWAY_REDIS_SENTINELS", "127.0.0.1:26379,127.0.0.1:26380"),
+            ("GATEWAY_REDIS_SENTINEL_MASTER", "mymaster"),
+            ("GATEWAY_REDIS_SENTINEL_PASSWORD", "s3cret"),
+        ]);
+        let cfg = Config::load_from(None, vars).unwrap();
+        assert!(cfg.uses_redis() && !cfg.demo_enabled());
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        for (k, v, key) in [
+            ("GATEWAY_REDIS_SENTINELS", "127.0.0.1", "redis_sentinels"),
+            ("GATEWAY_REDIS_SENTINEL_MASTER", "", "redis_sentinel_master"),
+            ("GATEWAY_REDIS_CLUSTER", "true", "redis_sentinels"),
+            ("GATEWAY_REDIS_SENTINEL_WAIT_REPLICAS", "65", "redis_sentinel_wait_replicas"),
+            ("GATEWAY_REDIS_URL", "unix:///tmp/r.sock", "redis_url"),
+        ] {
+            let mut vars = env(&[("GATEWAY_REDIS_SENTINELS", "a:1"), ("GATEWAY_REDIS_SENTINEL_MASTER", "m")]);
+            vars.push((k.to_string(), v.to_string()));
+            let err = Config::load_from(None, vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
         }
     }
 

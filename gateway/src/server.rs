@@ -68,7 +68,7 @@ pub fn build_node(
     let hub = Arc::new(Hub::new(Arc::clone(&metrics), &id));
     let requests = Arc::new(Requests::default());
     let mut engine = None;
-    let broker: Arc<dyn Broker> = if config.redis_url.is_empty() {
+    let broker: Arc<dyn Broker> = if !config.uses_redis() {
         if config.demo_enabled() {
             let (orders, desk) = demo::order_desk(&requests);
             let memory = Arc::new(MemoryBroker::new(Arc::clone(&hub), Some(orders)));

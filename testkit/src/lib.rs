@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod otlp;
 pub mod process;
 pub mod resilient;
+pub mod sentinel;
 
 pub use cluster::{ClusterOptions, RedisCluster};
 
@@ -309,15 +310,7 @@ impl RedisServer {
             cmd.args(["--appendonly", "no"]);
         }
         self.child = Some(cmd.spawn().expect("redis-server must be on PATH (apt-get install redis-server)"));
-        let url = self.url();
-        eventually("redis-server to answer PING", || {
-            let url = url.clone();
-            async move {
-                let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-            }
-        })
-        .await;
+        wait_ping(self.url()).await;
     }
 
     /// SIGKILLs the process (no shutdown, no final save).
@@ -355,6 +348,18 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in 20000..32000 on 127.0.0.1");
+}
+
+/// Waits until the redis-server at `url` answers PING, failing after [`WAIT`].
+pub async fn wait_ping(url: String) {
+    eventually("a redis-server to answer PING", || {
+        let url = url.clone();
+        async move {
+            let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+        }
+    })
+    .await;
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`WAIT`].

@@ -13,6 +13,12 @@
 //!
 //! Subscriptions are kept by the shared manager (`pubsub`) on
 //! `pubsub_connections` links spread by channel hash (`redis_pubsub`).
+//!
+//! Behind Redis Sentinel every one of these connections asks the
+//! sentinels for the master each time it connects
+//! (`redis_backplane::Target`), so after a failover the pool, the
+//! order connection and the links all land on the new master; the links
+//! report down meanwhile (`/readyz` not ready) and re-subscribe there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +41,10 @@ use crate::requests::Requests;
 pub struct RedisBroker {
     /// The subscription manager over the pub/sub connections.
     pubsub: PubSub,
-    pool: deadpool_redis::Pool,
+    pool: redis_backplane::Pool,
     /// Order requests and snapshot reads; connects on first use and
-    /// reconnects by itself (redis-rs's `ConnectionManager`).
-    multiplexed: redis::aio::ConnectionManager,
+    /// again after it broke (or its server stopped being master).
+    multiplexed: redis_backplane::SharedConnection,
     prefix: String,
     timeout: Duration,
     /// Publishes through the shared scripts, with `PUBLISH`.
@@ -56,31 +62,28 @@ impl RedisBroker {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
+        let target =
+            redis_backplane::Target::open(&config.redis_url, config.sentinel(), config.redis_timeout())
+                .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
         // Calls on the pool are bounded here (`query`, `publish`), which
         // answer `BrokerError::Timeout`: no second bound per command.
         let options =
             redis_backplane::PoolOptions { size: 16, timeout: config.redis_timeout(), command_timeout: None };
-        let pool = redis_backplane::pool(&config.redis_url, options)
+        let pool = redis_backplane::pool(target.clone(), options)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
+        let shared_config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.redis_timeout()))
             .set_response_timeout(Some(config.redis_timeout()))
-            // Each command is bounded by `redis_timeout` here; a failed
-            // connect is retried on the next command, not in a loop.
-            .set_number_of_retries(1)
-            .set_max_delay(config.redis_backoff_max())
             // Many connections' orders at once queue here, not in a pool.
             .set_pipeline_buffer_size(4096);
-        let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
+        // A failed connect is retried on the next command, not in a loop.
+        let multiplexed = redis_backplane::SharedConnection::new(target.clone(), shared_config);
         let mut settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
         settings.probe.publish = Some(probe_publish(pool.clone(), config.redis_timeout()));
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
         let delivery = Delivery::new(hub, requests, &config.channel_prefix, reply_channel, &inputs);
-        redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
+        redis_pubsub::spawn_links(&target, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,
             label: id.to_string(),
             timeout: config.redis_timeout(),
@@ -97,6 +100,8 @@ impl RedisBroker {
                 &config.channel_prefix,
                 PublishCommand::Publish,
                 config.history_maxlen,
+                config.sentinel().map_or(0, |s| s.wait_replicas),
+                config.redis_timeout(),
             ),
         })
     }
@@ -121,7 +126,7 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let work = async {
                 let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                self.scripts.publish(&mut conn, topic, data_json, traceparent, id).await
+                self.scripts.publish(&mut *conn, topic, data_json, traceparent, id).await
             };
             timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
         })
@@ -173,35 +178,50 @@ impl RedisBroker {
     /// Runs one command on the multiplexed connection, bounded by the
     /// timeout. A command that timed out may still have run.
     async fn multiplexed<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let mut conn = self.multiplexed.clone();
-        match timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+        let work = async {
+            let mut conn =
+                self.multiplexed.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            let result = cmd.query_async::<T>(&mut conn).await;
+            if let Err(e) = &result {
+                // Broken, or no longer master: the next call reconnects.
+                self.multiplexed.failed(e);
+            }
+            Ok(result)
+        };
+        match timeout(self.timeout, work).await {
             Err(_) => Err(BrokerError::Timeout),
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if e.is_timeout() => Err(BrokerError::Timeout),
-            // Not sent, or the connection broke: the manager reconnects.
-            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+            Ok(Err(unavailable)) => Err(unavailable),
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(e))) if e.is_timeout() => Err(BrokerError::Timeout),
+            // Not sent, the connection broke, or a demoted master refused.
+            Ok(Ok(Err(e)))
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || redis_backplane::sentinel::is_readonly(&e) =>
+            {
                 Err(BrokerError::Unavailable(e.to_string()))
             }
-            Ok(Err(e)) => Err(BrokerError::Refused(e.to_string())),
+            Ok(Ok(Err(e))) => Err(BrokerError::Refused(e.to_string())),
         }
     }
 }
 
 /// Runs one command on a connection of `pool`, bounded by `limit`.
 async fn pool_query<T: redis::FromRedisValue>(
-    pool: &deadpool_redis::Pool,
+    pool: &redis_backplane::Pool,
     limit: Duration,
     cmd: &redis::Cmd,
 ) -> Result<T, BrokerError> {
     let work = async {
         let mut conn = pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        cmd.query_async::<T>(&mut conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
+        cmd.query_async::<T>(&mut *conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
     };
     timeout(limit, work).await.map_err(|_| BrokerError::Timeout)?
 }
 
 /// Delivery probes are published on the pool, as the publish scripts are.
-fn probe_publish(pool: deadpool_redis::Pool, limit: Duration) -> ProbePublish {
+fn probe_publish(pool: redis_backplane::Pool, limit: Duration) -> ProbePublish {
     Arc::new(move |channel, payload| {
         let pool = pool.clone();
         Box::pin(async move {

@@ -120,6 +120,8 @@ impl RedisClusterBroker {
                 &config.channel_prefix,
                 PublishCommand::SPublish,
                 config.history_maxlen,
+                0,
+                config.redis_timeout(),
             ),
         })
     }
