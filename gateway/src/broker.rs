@@ -5,10 +5,13 @@
 //! (a Redis pub/sub backplane shared by any number of stateless nodes)
 //! and [`redis_cluster::RedisClusterBroker`] (the same on a Redis Cluster,
 //! with sharded pub/sub).
-//! The hub decides when a topic gets its first or loses its last local
-//! subscriber; the broker turns that into backplane subscriptions and
-//! feeds received envelopes back into the hub.
+//! The node decides when a topic gets its first or loses its last local
+//! subscriber ([`crate::topics`]) and asks the broker to subscribe or
+//! release it; the broker delivers what it receives into a [`Sink`] and
+//! knows nothing of hubs, connections or order requests.
 
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod memory;
 mod pubsub;
 pub mod redis;
@@ -41,8 +44,23 @@ pub enum BrokerError {
     Behind(u64),
 }
 
+/// Where a backplane delivers what it receives: implemented by the node
+/// ([`crate::inbound::Inbound`]), by a test sink in unit tests.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// One envelope received on `topic`'s channel (not parsed yet).
+    fn message(&self, topic: &str, envelope: &[u8]);
+
+    /// One order reply received on this node's reply channel.
+    fn reply(&self, payload: &[u8]);
+
+    /// Whether `topic` still has local subscribers: asked when a released
+    /// topic's grace delay runs out, so a subscriber that came back
+    /// meanwhile keeps the backplane subscription.
+    fn wanted(&self, topic: &str) -> bool;
+}
+
 pub trait Broker: Send + Sync + 'static {
-    /// Makes sure `topic`'s messages reach this node's hub. Resolves once
+    /// Makes sure `topic`'s messages reach this node's sink. Resolves once
     /// the backplane confirmed, so a client told `subscribed` misses
     /// nothing published after. While the backplane is away the topic is
     /// recorded and subscribed when it returns.

@@ -28,8 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::{Topic, keys};
 
-use super::BrokerError;
-use crate::hub::Hub;
+use super::{BrokerError, Sink};
 use crate::metrics::{Metrics, ShardLabel};
 use link::{Command, Event};
 use table::{Action, LinkId, Table};
@@ -97,7 +96,8 @@ impl Health {
 }
 
 pub(crate) struct ManagerSettings {
-    pub(crate) hub: Arc<Hub>,
+    /// Asked whether a released topic is wanted again when its grace ends.
+    pub(crate) sink: Arc<dyn Sink>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) prefix: String,
     /// This node's reply channel: wanted from the start, never released.
@@ -115,12 +115,12 @@ impl ManagerSettings {
     pub(crate) fn new(
         config: &crate::config::Config,
         node_id: &str,
-        hub: Arc<Hub>,
+        sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         ManagerSettings {
-            hub,
+            sink,
             metrics,
             prefix: config.channel_prefix.clone(),
             reply_channel: keys::node_replies(&config.channel_prefix, node_id),
@@ -253,10 +253,10 @@ impl Manager {
                     None => layouts_open = false,
                 },
                 _ = super::sleep_until_opt(next_release) => {
-                    let hub = &self.settings.hub;
+                    let sink = &self.settings.sink;
                     let prefix = self.settings.prefix.as_str();
                     self.table.expire(Instant::now(), |channel| {
-                        keys::topic_of_channel(prefix, channel).is_some_and(|t| hub.has_subscribers(t))
+                        keys::topic_of_channel(prefix, channel).is_some_and(|t| sink.wanted(t))
                     });
                 }
             }

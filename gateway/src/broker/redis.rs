@@ -26,11 +26,9 @@ use super::pubsub::link::LinkSettings;
 use super::pubsub::{ManagerSettings, PubSub};
 use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::{self, Delivery};
-use super::{BoxFuture, Broker, BrokerError};
+use super::{BoxFuture, Broker, BrokerError, Sink};
 use crate::config::Config;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::requests::Requests;
 
 pub struct RedisBroker {
     /// The subscription manager over the pub/sub connections.
@@ -48,11 +46,10 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Starts the pub/sub managers; they connect in the background, so a
     /// node whose Redis is not up yet starts anyway (and reports not ready).
-    pub fn start(
+    pub(crate) fn start(
         config: &Config,
         node_id: &str,
-        hub: Arc<Hub>,
-        requests: Arc<Requests>,
+        sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
@@ -75,10 +72,10 @@ impl RedisBroker {
             .set_pipeline_buffer_size(4096);
         let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
+        let settings = ManagerSettings::new(config, node_id, Arc::clone(&sink), metrics, shutdown.clone());
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
-        let delivery = Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel };
+        let delivery = Delivery { sink, prefix: config.channel_prefix.clone(), reply_channel };
         redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,
             label: id.to_string(),

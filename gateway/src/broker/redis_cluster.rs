@@ -35,11 +35,9 @@ use wire::{Topic, keys};
 use super::pubsub::{ManagerSettings, PubSub, UpGauge};
 use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::Delivery;
-use super::{BoxFuture, Broker, BrokerError};
+use super::{BoxFuture, Broker, BrokerError, Sink};
 use crate::config::Config;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::requests::Requests;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 
@@ -60,11 +58,10 @@ impl RedisClusterBroker {
     /// Starts the manager, the slot map follower and the command
     /// connection; they connect in the background, so a node whose cluster
     /// is not up yet starts anyway (and reports not ready).
-    pub fn start(
+    pub(crate) fn start(
         config: &Config,
         node_id: &str,
-        hub: Arc<Hub>,
-        requests: Arc<Requests>,
+        sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
@@ -82,13 +79,13 @@ impl RedisClusterBroker {
         let settings = ManagerSettings {
             up_gauge: UpGauge::Whole,
             refresh: Some(refresh),
-            ..ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone())
+            ..ManagerSettings::new(config, node_id, Arc::clone(&sink), metrics, shutdown.clone())
         };
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
         let topology = topology::Topology {
             seeds,
-            delivery: Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel },
+            delivery: Delivery { sink, prefix: config.channel_prefix.clone(), reply_channel },
             inputs,
             health: Arc::clone(pubsub.health()),
             refresh: refresh_rx,

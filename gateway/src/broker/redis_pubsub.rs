@@ -1,8 +1,8 @@
 //! The single-Redis links: `pubsub_connections` plain pub/sub
 //! connections, each a [`link`](super::pubsub::link) of the shared
 //! manager, with channels spread over them by hash so one connection's
-//! reader is never the node's bottleneck. Each connection's reader feeds
-//! messages into the hub and order replies into the request table.
+//! reader is never the node's bottleneck. Each connection's reader hands
+//! messages and order replies to the node's [`Sink`].
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -12,18 +12,15 @@ use redis::aio::PubSubSink;
 use tokio::sync::mpsc;
 use wire::keys;
 
-use super::BoxFuture;
 use super::pubsub::link::{self, Connected, Connector, LinkSettings, Notice};
 use super::pubsub::table::Outcome;
 use super::pubsub::{Inputs, Layout, LinkSpec};
-use crate::hub::Hub;
-use crate::requests::Requests;
+use super::{BoxFuture, Sink};
 
 /// Where a reader delivers what it receives.
 #[derive(Clone)]
 pub(crate) struct Delivery {
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) requests: Arc<Requests>,
+    pub(crate) sink: Arc<dyn Sink>,
     pub(crate) prefix: String,
     pub(crate) reply_channel: String,
 }
@@ -32,9 +29,9 @@ impl Delivery {
     /// One received message: an order reply or a topic's envelope.
     pub(crate) fn deliver(&self, channel: &str, payload: &[u8]) {
         if channel == self.reply_channel {
-            self.requests.resolve(payload);
+            self.sink.reply(payload);
         } else if let Some(topic) = keys::topic_of_channel(&self.prefix, channel) {
-            self.hub.ingest(topic, payload);
+            self.sink.message(topic, payload);
         }
     }
 }
