@@ -59,12 +59,22 @@ pub(crate) trait Sink: Send + Sync + 'static {
     fn wanted(&self, topic: &str) -> bool;
 }
 
+/// How the backplane answered a subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribed {
+    /// The server confirmed: everything published from now on arrives.
+    Confirmed,
+    /// The backplane is away: the topic is recorded and subscribed when
+    /// it returns (what is published meanwhile is not delivered live).
+    Recorded,
+}
+
 pub trait Broker: Send + Sync + 'static {
     /// Makes sure `topic`'s messages reach this node's sink. Resolves once
     /// the backplane confirmed, so a client told `subscribed` misses
     /// nothing published after. While the backplane is away the topic is
     /// recorded and subscribed when it returns.
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>>;
 
     /// `topic` lost its last local subscriber; the backplane subscription
     /// goes after a grace delay unless someone subscribes again.

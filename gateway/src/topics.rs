@@ -5,20 +5,24 @@
 //! release), as centrifuge's `Node.addSubscription` does. Connections
 //! never call the broker's subscriptions themselves.
 //!
-//! Joins of one topic are serialised (one async lock per topic while
-//! joins of it are under way): the first joiner holds it while the
-//! backplane confirms, so joiners behind it wait for that one
-//! confirmation instead of each asking the broker, and a join that failed
-//! is undone before the next one runs (that one is then the first and
-//! asks again). No client is told `subscribed` before the backplane
-//! confirmed, so nothing published after it is missed.
+//! Joins of one topic are serialised (an async lock per topic held
+//! here): the first joiner holds it while the backplane confirms, so
+//! joiners behind it wait for that one confirmation instead of each
+//! asking the broker, and a join that failed is undone before the next
+//! one runs (that one is then the first and asks again). Once confirmed,
+//! joins cost no broker call. While the backplane is away a first join is
+//! answered `Recorded` at once; the joins after it ask again until one is
+//! confirmed, so no client is told `subscribed` past a backplane that has
+//! come back but not yet confirmed. A client told `subscribed` while it
+//! is away misses what is published until it returns (order topics are
+//! filled from history then, `inbound.rs`).
 //!
 //! Leaves do not wait (they run in a connection's cleanup): a last leave
-//! releases at once. The broker keeps the subscription for the grace
-//! delay and drops it only if, when that ends, [`Sink::wanted`] (the hub)
-//! says nobody came back. So however a release and a new first join
-//! interleave, a topic with local subscribers is never left without its
-//! backplane subscription.
+//! forgets the topic here and releases it. The broker keeps the
+//! subscription for the grace delay and drops it only if, when that
+//! ends, [`Sink::wanted`] (the hub) says nobody came back. So however a
+//! release and a new first join interleave, a topic with local
+//! subscribers is never left without its backplane subscription.
 //!
 //! [`Sink::wanted`]: crate::broker::Sink::wanted
 
@@ -27,18 +31,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use wire::Topic;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Subscribed};
 use crate::hub::{ConnId, Hub, Subscriber};
 use crate::inbound::Inbound;
 
-/// One topic's turn: held by the join under way.
-type Gate = Arc<tokio::sync::Mutex<()>>;
+/// One topic's lock; it guards whether the backplane confirmed it.
+type Gate = Arc<tokio::sync::Mutex<bool>>;
 
 pub(crate) struct Topics {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     inbound: Arc<Inbound>,
-    /// Topics with joins under way.
+    /// Topics joined (or being joined) on this node.
     gates: Mutex<HashMap<Topic, Gate>>,
 }
 
@@ -48,53 +52,40 @@ impl Topics {
     }
 
     /// Adds `sub` to `topic`; resolves once the backplane carries the
-    /// topic to this node. On an error `sub` is not subscribed.
+    /// topic to this node (or recorded it while away). On an error `sub`
+    /// is not subscribed.
     pub(crate) async fn join(&self, topic: &Topic, sub: Subscriber) -> Result<(), BrokerError> {
-        let turn = Turn::take(self, topic);
-        let _held = turn.gate.lock().await;
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(gates.entry(topic.clone()).or_default())
+        };
+        let mut confirmed = gate.lock().await;
         let conn = sub.conn;
-        if !self.hub.subscribe(topic, sub) {
-            // The first joiner confirmed before it let this one in.
+        let first = self.hub.subscribe(topic, sub);
+        if !first && *confirmed {
             return Ok(());
         }
-        let confirmed = self.broker.subscribe(topic).await;
-        if confirmed.is_err() {
-            self.leave(topic, conn);
+        match self.broker.subscribe(topic).await {
+            Ok(answer) => {
+                *confirmed = answer == Subscribed::Confirmed;
+                Ok(())
+            }
+            Err(e) => {
+                self.leave(topic, conn);
+                Err(e)
+            }
         }
-        confirmed
     }
 
     /// Removes `conn` from `topic`; the topic's last leave releases it.
     /// A second leave of the same connection is a no-op.
     pub(crate) fn leave(&self, topic: &Topic, conn: ConnId) {
         if self.hub.unsubscribe(topic.as_str(), conn) {
+            // A join waiting on this gate is not in the hub yet: it finds
+            // the topic empty, so it is a first and asks the broker.
+            self.gates.lock().unwrap_or_else(PoisonError::into_inner).remove(topic.as_str());
             self.inbound.forget(topic.as_str());
             self.broker.release(topic);
-        }
-    }
-}
-
-/// A join's hold on its topic's gate; the gate goes with the last one.
-struct Turn<'a> {
-    topics: &'a Topics,
-    topic: &'a Topic,
-    gate: Gate,
-}
-
-impl<'a> Turn<'a> {
-    fn take(topics: &'a Topics, topic: &'a Topic) -> Self {
-        let mut gates = topics.gates.lock().unwrap_or_else(PoisonError::into_inner);
-        let gate = Arc::clone(gates.entry(topic.clone()).or_default());
-        Turn { topics, topic, gate }
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        let mut gates = self.topics.gates.lock().unwrap_or_else(PoisonError::into_inner);
-        // Clones are taken under this lock: two left means the map's and ours.
-        if gates.get(self.topic.as_str()).is_some_and(|g| Arc::strong_count(g) == 2) {
-            gates.remove(self.topic.as_str());
         }
     }
 }
@@ -135,7 +126,6 @@ mod tests {
             assert!(join.await.unwrap().is_ok());
         }
         assert_eq!(broker.subscribes.load(Ordering::SeqCst), 1, "one subscribe for twenty joins");
-        assert!(topics.gates.lock().unwrap().is_empty(), "no gate outlives its joins");
         for id in 1..20 {
             topics.leave(&topic, ConnId(id));
         }
@@ -144,6 +134,7 @@ mod tests {
         topics.leave(&topic, ConnId(20));
         assert_eq!(broker.releases.load(Ordering::SeqCst), 1);
         assert!(!hub.has_subscribers("quotes.A"));
+        assert!(topics.gates.lock().unwrap().is_empty(), "nothing kept of a topic left");
     }
 
     #[tokio::test]
@@ -164,5 +155,23 @@ mod tests {
         assert_eq!(broker.subscribes.load(Ordering::SeqCst), 3);
         assert_eq!(broker.releases.load(Ordering::SeqCst), 3);
         assert!(!hub.has_subscribers("orders.acl"));
+    }
+
+    #[tokio::test]
+    async fn joins_ask_again_until_the_backplane_confirmed() {
+        let (topics, broker, _hub) = node();
+        broker.away.store(true, Ordering::SeqCst);
+        let topic = Topic::parse("quotes.B").unwrap();
+        topics.join(&topic, sub(1)).await.unwrap();
+        topics.join(&topic, sub(2)).await.unwrap();
+        assert_eq!(broker.subscribes.load(Ordering::SeqCst), 2, "recorded only: the second asks again");
+        broker.away.store(false, Ordering::SeqCst);
+        topics.join(&topic, sub(3)).await.unwrap();
+        topics.join(&topic, sub(4)).await.unwrap();
+        assert_eq!(
+            broker.subscribes.load(Ordering::SeqCst),
+            3,
+            "confirmed by the third: the fourth does not ask"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! A broker for unit tests of what sits on top of one (the topic
 //! lifecycle, the gap fill): it counts subscribes and releases, confirms
-//! a subscribe after a short delay (or refuses it), and serves a history
+//! a subscribe after a short delay (or refuses or records it), and serves a history
 //! it is given, optionally only once a test lets it.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use wire::Topic;
 
-use super::{BoxFuture, Broker, BrokerError};
+use super::{BoxFuture, Broker, BrokerError, Subscribed};
 
 #[derive(Default)]
 pub(crate) struct FakeBroker {
@@ -19,6 +19,8 @@ pub(crate) struct FakeBroker {
     pub(crate) releases: AtomicUsize,
     /// Subscribes are refused while set.
     pub(crate) refuse: AtomicBool,
+    /// Subscribes are answered `Recorded` while set (the backplane is away).
+    pub(crate) away: AtomicBool,
     /// History reads so far.
     pub(crate) reads: AtomicUsize,
     /// Envelopes of each topic's history, oldest first.
@@ -49,13 +51,16 @@ impl FakeBroker {
 }
 
 impl Broker for FakeBroker {
-    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
         self.subscribes.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            match self.refuse.load(Ordering::SeqCst) {
-                true => Err(BrokerError::Refused("NOPERM".into())),
-                false => Ok(()),
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(BrokerError::Refused("NOPERM".into()));
+            }
+            match self.away.load(Ordering::SeqCst) {
+                true => Ok(Subscribed::Recorded),
+                false => Ok(Subscribed::Confirmed),
             }
         })
     }

@@ -16,7 +16,7 @@ use publisher::order_desk::RequestSender;
 use wire::orders::OrderRequest;
 use wire::{Topic, TopicFamily};
 
-use super::{BoxFuture, Broker, BrokerError, Sink};
+use super::{BoxFuture, Broker, BrokerError, Sink, Subscribed};
 
 /// Envelopes of history kept per non-quote topic.
 const HISTORY_LEN: usize = 512;
@@ -88,8 +88,8 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async { Ok(()) })
+    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
+        Box::pin(async { Ok(Subscribed::Confirmed) })
     }
 
     fn release(&self, _topic: &Topic) {}

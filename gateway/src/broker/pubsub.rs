@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::{Topic, keys};
 
-use super::{BrokerError, Sink};
+use super::{BrokerError, Sink, Subscribed};
 use crate::metrics::{Metrics, ShardLabel};
 use link::{Command, Event};
 use table::{Action, LinkId, Table};
@@ -133,7 +133,7 @@ impl ManagerSettings {
 }
 
 enum Request {
-    Subscribe(Topic, oneshot::Sender<Result<(), BrokerError>>),
+    Subscribe(Topic, oneshot::Sender<Result<Subscribed, BrokerError>>),
     Release(Topic),
 }
 
@@ -177,7 +177,7 @@ impl PubSub {
 
     /// Resolves once the server confirmed the subscription (or, while its
     /// link is away, once the topic is recorded for its return).
-    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<(), BrokerError> {
+    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<Subscribed, BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send(Request::Subscribe(topic.clone(), tx))
@@ -206,7 +206,7 @@ struct LinkInfo {
 }
 
 struct Manager {
-    table: Table<oneshot::Sender<Result<(), BrokerError>>>,
+    table: Table<oneshot::Sender<Result<Subscribed, BrokerError>>>,
     links: HashMap<LinkId, LinkInfo>,
     route: Route,
     complete: bool,

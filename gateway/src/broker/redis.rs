@@ -26,7 +26,7 @@ use super::pubsub::link::LinkSettings;
 use super::pubsub::{ManagerSettings, PubSub};
 use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::{self, Delivery};
-use super::{BoxFuture, Broker, BrokerError, Sink};
+use super::{BoxFuture, Broker, BrokerError, Sink, Subscribed};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -99,7 +99,7 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
         Box::pin(self.pubsub.subscribe(topic))
     }
 

@@ -35,7 +35,7 @@ use wire::{Topic, keys};
 use super::pubsub::{ManagerSettings, PubSub, UpGauge};
 use super::redis_commands::{self, ScriptPublisher};
 use super::redis_pubsub::Delivery;
-use super::{BoxFuture, Broker, BrokerError, Sink};
+use super::{BoxFuture, Broker, BrokerError, Sink, Subscribed};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -183,7 +183,7 @@ async fn connect_commands(
 }
 
 impl Broker for RedisClusterBroker {
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
         Box::pin(self.pubsub.subscribe(topic))
     }
 
