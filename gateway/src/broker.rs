@@ -18,11 +18,16 @@ pub mod redis;
 pub mod redis_cluster;
 mod redis_commands;
 mod redis_pubsub;
+mod redis_shared;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use wire::Topic;
+
+use crate::metrics::Metrics;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -67,6 +72,17 @@ pub enum Subscribed {
     /// The backplane is away: the topic is recorded and subscribed when
     /// it returns (what is published meanwhile is not delivered live).
     Recorded,
+}
+
+/// What a Redis backplane is started with besides its config.
+pub(crate) struct Wiring<'a> {
+    /// Names this node's reply channel.
+    pub(crate) node_id: &'a str,
+    /// Where it delivers what it receives.
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Stops its tasks.
+    pub(crate) shutdown: CancellationToken,
 }
 
 pub trait Broker: Send + Sync + 'static {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::redis_cluster::RedisClusterBroker;
-use crate::broker::{Broker, Sink};
+use crate::broker::{Broker, Sink, Wiring};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::inbound::Inbound;
@@ -84,10 +84,13 @@ pub fn build_node(
         } else {
             Arc::new(MemoryBroker::new(sink, None))
         }
-    } else if config.redis_cluster {
-        Arc::new(RedisClusterBroker::start(&config, &id, sink, Arc::clone(&metrics), stop)?)
     } else {
-        Arc::new(RedisBroker::start(&config, &id, sink, Arc::clone(&metrics), stop)?)
+        let wiring = Wiring { node_id: &id, sink, metrics: Arc::clone(&metrics), shutdown: stop };
+        if config.redis_cluster {
+            Arc::new(RedisClusterBroker::start(&config, wiring)?)
+        } else {
+            Arc::new(RedisBroker::start(&config, wiring)?)
+        }
     };
     if engine.is_none() && config.demo_enabled() {
         engine = Some(demo::start_on_redis(demo::publisher_config(&config, &id))?);

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::{Topic, keys};
 
-use super::{BrokerError, Sink, Subscribed};
+use super::{BrokerError, Sink, Subscribed, Wiring};
 use crate::metrics::{Metrics, ShardLabel};
 use link::{Command, Event};
 use table::{Action, LinkId, Table};
@@ -112,22 +112,16 @@ pub(crate) struct ManagerSettings {
 impl ManagerSettings {
     /// A node's settings from its config: one gauge count per link, no
     /// slot map to refresh (the cluster sets both).
-    pub(crate) fn new(
-        config: &crate::config::Config,
-        node_id: &str,
-        sink: Arc<dyn Sink>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(config: &crate::config::Config, wiring: &Wiring<'_>) -> Self {
         ManagerSettings {
-            sink,
-            metrics,
+            sink: Arc::clone(&wiring.sink),
+            metrics: Arc::clone(&wiring.metrics),
             prefix: config.channel_prefix.clone(),
-            reply_channel: keys::node_replies(&config.channel_prefix, node_id),
+            reply_channel: keys::node_replies(&config.channel_prefix, wiring.node_id),
             grace: config.unsubscribe_grace(),
             up_gauge: UpGauge::Links,
             refresh: None,
-            shutdown,
+            shutdown: wiring.shutdown.clone(),
         }
     }
 }

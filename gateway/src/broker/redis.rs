@@ -14,45 +14,84 @@
 //! Subscriptions are kept by the shared manager (`pubsub`) on
 //! `pubsub_connections` links spread by channel hash (`redis_pubsub`).
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
-use wire::Topic;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use wire::scripts::PublishCommand;
 
 use super::pubsub::link::LinkSettings;
 use super::pubsub::{ManagerSettings, PubSub};
-use super::redis_commands::{self, ScriptPublisher};
+use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::{self, Delivery};
-use super::{BoxFuture, Broker, BrokerError, Sink, Subscribed};
+use super::redis_shared::{Commands, Lane, Redis};
+use super::{BoxFuture, BrokerError, Wiring};
 use crate::config::Config;
-use crate::metrics::Metrics;
 
-pub struct RedisBroker {
-    /// The subscription manager over the pub/sub connections.
-    pubsub: PubSub,
+/// The single-Redis backplane (its `Broker` is [`Redis`]'s).
+pub type RedisBroker = Redis<Single>;
+
+/// Where the single Redis runs commands.
+pub struct Single {
     pool: deadpool_redis::Pool,
     /// Order requests and snapshot reads; connects on first use and
     /// reconnects by itself (redis-rs's `ConnectionManager`).
     multiplexed: redis::aio::ConnectionManager,
-    prefix: String,
-    timeout: Duration,
-    /// Publishes through the shared scripts, with `PUBLISH`.
-    scripts: ScriptPublisher,
+}
+
+/// A pooled connection or a handle on the multiplexed one.
+pub enum SingleConn {
+    Pooled(deadpool_redis::Connection),
+    Multiplexed(redis::aio::ConnectionManager),
+}
+
+impl ConnectionLike for SingleConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            SingleConn::Pooled(conn) => conn.req_packed_command(cmd),
+            SingleConn::Multiplexed(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            SingleConn::Pooled(conn) => conn.req_packed_commands(cmd, offset, count),
+            SingleConn::Multiplexed(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            SingleConn::Pooled(conn) => conn.get_db(),
+            SingleConn::Multiplexed(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Commands for Single {
+    type Conn = SingleConn;
+    const KIND: &'static str = "redis";
+
+    fn conn<'a>(&'a self, _key: &'a str, lane: Lane) -> BoxFuture<'a, Result<SingleConn, BrokerError>> {
+        Box::pin(async move {
+            match lane {
+                Lane::Bulk => match self.pool.get().await {
+                    Ok(conn) => Ok(SingleConn::Pooled(conn)),
+                    Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+                },
+                Lane::Quick => Ok(SingleConn::Multiplexed(self.multiplexed.clone())),
+            }
+        })
+    }
 }
 
 impl RedisBroker {
     /// Starts the pub/sub managers; they connect in the background, so a
     /// node whose Redis is not up yet starts anyway (and reports not ready).
-    pub(crate) fn start(
-        config: &Config,
-        node_id: &str,
-        sink: Arc<dyn Sink>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Result<Self, BrokerError> {
+    pub(crate) fn start(config: &Config, wiring: Wiring<'_>) -> Result<Self, BrokerError> {
         let client = redis::Client::open(config.redis_url.as_str())
             .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
         // Calls on the pool are bounded here (`query`, `publish`), which
@@ -72,7 +111,8 @@ impl RedisBroker {
             .set_pipeline_buffer_size(4096);
         let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let settings = ManagerSettings::new(config, node_id, Arc::clone(&sink), metrics, shutdown.clone());
+        let settings = ManagerSettings::new(config, &wiring);
+        let Wiring { sink, shutdown, .. } = wiring;
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
         let delivery = Delivery { sink, prefix: config.channel_prefix.clone(), reply_channel };
@@ -83,10 +123,9 @@ impl RedisBroker {
             backoff_max: config.redis_backoff_max(),
             shutdown: shutdown.clone(),
         });
-        Ok(RedisBroker {
+        Ok(Redis {
             pubsub,
-            pool,
-            multiplexed,
+            commands: Single { pool, multiplexed },
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
             scripts: ScriptPublisher::new(
@@ -95,94 +134,5 @@ impl RedisBroker {
                 config.history_maxlen,
             ),
         })
-    }
-}
-
-impl Broker for RedisBroker {
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
-        Box::pin(self.pubsub.subscribe(topic))
-    }
-
-    fn release(&self, topic: &Topic) {
-        self.pubsub.release(topic);
-    }
-
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
-        Box::pin(async move {
-            let work = async {
-                let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                self.scripts.publish(&mut conn, topic, data_json, traceparent, id).await
-            };
-            timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
-        })
-    }
-
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
-        Box::pin(async move { self.multiplexed(&redis_commands::last_value_cmd(&self.prefix, topic)).await })
-    }
-
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
-        Box::pin(async move {
-            let cmd = redis_commands::history_cmd(&self.prefix, topic, since, limit);
-            Ok(redis_commands::history_envelopes(self.query(&cmd).await?))
-        })
-    }
-
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let _id: String =
-                self.multiplexed(&redis_commands::order_request_cmd(&self.prefix, request_json)).await?;
-            Ok(())
-        })
-    }
-
-    fn is_ready(&self) -> bool {
-        self.pubsub.health().is_ready()
-    }
-
-    fn down_shards(&self) -> Vec<String> {
-        self.pubsub.health().down()
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-}
-
-impl RedisBroker {
-    /// Runs one command on a pooled connection, bounded by the timeout.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            cmd.query_async::<T>(&mut conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
-        };
-        timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
-    }
-
-    /// Runs one command on the multiplexed connection, bounded by the
-    /// timeout. A command that timed out may still have run.
-    async fn multiplexed<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let mut conn = self.multiplexed.clone();
-        match timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Err(_) => Err(BrokerError::Timeout),
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if e.is_timeout() => Err(BrokerError::Timeout),
-            // Not sent, or the connection broke: the manager reconnects.
-            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                Err(BrokerError::Unavailable(e.to_string()))
-            }
-            Ok(Err(e)) => Err(BrokerError::Refused(e.to_string())),
-        }
     }
 }

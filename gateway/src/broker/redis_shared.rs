@@ -1,0 +1,146 @@
+//! The one [`Broker`] both Redis backplanes are: subscriptions through
+//! the shared manager ([`PubSub`]), commands (the publish scripts,
+//! snapshot and history reads, order requests, `redis_commands`) on a
+//! connection the backplane's [`Commands`] hands out for the command's
+//! key. What differs between one Redis and a Redis Cluster is only that:
+//! which connection a command takes (`redis.rs`: a pooled one or the
+//! multiplexed one; `redis_cluster.rs`: the cluster connection, refused
+//! at once for a shard that is down) and how links are made.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use tokio::time::timeout;
+use wire::{Topic, keys};
+
+use super::pubsub::PubSub;
+use super::redis_commands::{self, ScriptPublisher};
+use super::{BoxFuture, Broker, BrokerError, Subscribed};
+
+/// Which kind of connection a command wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Scripts and history reads: a long reply must never delay an order.
+    Bulk,
+    /// Order requests and snapshot reads: short, many at once.
+    Quick,
+}
+
+/// How one Redis backplane reaches its servers for commands.
+pub(crate) trait Commands: Send + Sync + 'static {
+    type Conn: ConnectionLike + Send;
+
+    /// `redis` or `redis-cluster`, for logs and `/readyz`.
+    const KIND: &'static str;
+
+    /// A connection for a command on `key` (routed by its slot on a cluster).
+    fn conn<'a>(&'a self, key: &'a str, lane: Lane) -> BoxFuture<'a, Result<Self::Conn, BrokerError>>;
+}
+
+/// A Redis backplane: the subscription manager and `C`'s connections.
+pub struct Redis<C> {
+    pub(crate) pubsub: PubSub,
+    pub(crate) commands: C,
+    pub(crate) prefix: String,
+    /// Bounds every command, connection checkout included.
+    pub(crate) timeout: Duration,
+    /// Publishes through the shared scripts (`PUBLISH` or `SPUBLISH`).
+    pub(crate) scripts: ScriptPublisher,
+}
+
+impl<C: Commands> Redis<C> {
+    /// Runs one command on `lane` for `key`, bounded by the timeout. A
+    /// command that timed out may still have run.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        lane: Lane,
+        cmd: &redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        let work = async {
+            let mut conn = self.commands.conn(key, lane).await?;
+            cmd.query_async::<T>(&mut conn).await.map_err(failed)
+        };
+        timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
+    }
+}
+
+/// What a failed command means to its caller.
+fn failed(e: redis::RedisError) -> BrokerError {
+    if e.is_timeout() {
+        BrokerError::Timeout
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        // Not sent, or the connection broke: it is repaired by itself.
+        BrokerError::Unavailable(e.to_string())
+    } else {
+        BrokerError::Refused(e.to_string())
+    }
+}
+
+impl<C: Commands> Broker for Redis<C> {
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
+        Box::pin(self.pubsub.subscribe(topic))
+    }
+
+    fn release(&self, topic: &Topic) {
+        self.pubsub.release(topic);
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a Topic,
+        data_json: &'a str,
+        traceparent: Option<&'a str>,
+        id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        Box::pin(async move {
+            let work = async {
+                let channel = keys::channel(&self.prefix, topic.as_str());
+                let mut conn = self.commands.conn(&channel, Lane::Bulk).await?;
+                self.scripts.publish(&mut conn, topic, data_json, traceparent, id).await
+            };
+            timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
+        })
+    }
+
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
+        Box::pin(async move {
+            let channel = keys::channel(&self.prefix, topic.as_str());
+            self.query(&channel, Lane::Quick, &redis_commands::last_value_cmd(&self.prefix, topic)).await
+        })
+    }
+
+    fn history_after<'a>(
+        &'a self,
+        topic: &'a Topic,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
+        Box::pin(async move {
+            let channel = keys::channel(&self.prefix, topic.as_str());
+            let cmd = redis_commands::history_cmd(&self.prefix, topic, since, limit);
+            Ok(redis_commands::history_envelopes(self.query(&channel, Lane::Bulk, &cmd).await?))
+        })
+    }
+
+    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let key = keys::order_requests(&self.prefix);
+            let cmd = redis_commands::order_request_cmd(&self.prefix, request_json);
+            let _id: String = self.query(&key, Lane::Quick, &cmd).await?;
+            Ok(())
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.pubsub.health().is_ready()
+    }
+
+    fn down_shards(&self) -> Vec<String> {
+        self.pubsub.health().down()
+    }
+
+    fn kind(&self) -> &'static str {
+        C::KIND
+    }
+}
