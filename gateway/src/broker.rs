@@ -31,6 +31,19 @@ use crate::metrics::Metrics;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a broker call resolves to.
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
+
+/// One message to publish: `data_json` (a JSON object) on `topic`, with
+/// the publisher's trace context and, for an order update, its `id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Publish<'a> {
+    pub topic: &'a Topic,
+    pub data_json: &'a str,
+    pub traceparent: Option<&'a str>,
+    pub id: Option<&'a str>,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("backplane unavailable: {0}")]
@@ -90,41 +103,29 @@ pub trait Broker: Send + Sync + 'static {
     /// the backplane confirmed, so a client told `subscribed` misses
     /// nothing published after. While the backplane is away the topic is
     /// recorded and subscribed when it returns.
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>>;
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Subscribed>;
 
     /// `topic` lost its last local subscriber; the backplane subscription
     /// goes after a grace delay unless someone subscribes again.
     fn release(&self, topic: &Topic);
 
-    /// Publishes `data_json` (a JSON object) on `topic` to every node,
-    /// assigning the next `seq`; returns that `seq`. An order update with
-    /// an `id` already published is not published again (its `seq` is
-    /// returned).
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>>;
+    /// Publishes `message` to every node, assigning the next `seq`;
+    /// returns that `seq`. An order update with an `id` already published
+    /// is not published again (its `seq` is returned).
+    fn publish<'a>(&'a self, message: Publish<'a>) -> Answer<'a, u64>;
 
     /// The latest envelope published on `topic`, if the backplane keeps
     /// one (quotes: the snapshot a new subscriber gets at once).
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>>;
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Option<Vec<u8>>>;
 
     /// Up to `limit` envelopes of `topic` with `seq > since`, oldest first,
     /// from the topic's history (empty when it keeps none). `Behind` when
     /// the backplane knows `since` is ahead of anything it numbered.
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>>;
+    fn history_after<'a>(&'a self, topic: &'a Topic, since: u64, limit: usize) -> Answer<'a, Vec<Vec<u8>>>;
 
     /// Hands an order request (JSON [`wire::orders::OrderRequest`]) to the
     /// order service; its reply comes back through [`crate::requests`].
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn submit_order<'a>(&'a self, request_json: String) -> Answer<'a, ()>;
 
     /// Whether the backplane is connected (drives `/readyz`).
     fn is_ready(&self) -> bool;

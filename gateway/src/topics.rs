@@ -97,6 +97,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::outbox::{Limits, Outbox};
     use crate::requests::Requests;
+    use std::ops::RangeInclusive;
     use std::sync::atomic::Ordering;
 
     fn node() -> (Arc<Topics>, Arc<FakeBroker>, Arc<Hub>) {
@@ -112,19 +113,26 @@ mod tests {
         Subscriber { conn: ConnId(id), outbox: Arc::new(Outbox::new(Limits { frames: 8, bytes: 1 << 20 })) }
     }
 
+    /// Joins `topic` as connections `ids`, all at once.
+    async fn join_at_once(topics: &Arc<Topics>, topic: &Topic, ids: RangeInclusive<u64>) -> Vec<bool> {
+        let joins: Vec<_> = ids
+            .map(|id| {
+                let (topics, topic) = (Arc::clone(topics), topic.clone());
+                tokio::spawn(async move { topics.join(&topic, sub(id)).await })
+            })
+            .collect();
+        let mut joined = Vec::new();
+        for join in joins {
+            joined.push(join.await.unwrap().is_ok());
+        }
+        joined
+    }
+
     #[tokio::test]
     async fn concurrent_joins_share_one_backplane_subscribe_and_the_last_leave_releases() {
         let (topics, broker, hub) = node();
         let topic = Topic::parse("quotes.A").unwrap();
-        let joins: Vec<_> = (1..=20)
-            .map(|id| {
-                let (topics, topic) = (Arc::clone(&topics), topic.clone());
-                tokio::spawn(async move { topics.join(&topic, sub(id)).await })
-            })
-            .collect();
-        for join in joins {
-            assert!(join.await.unwrap().is_ok());
-        }
+        assert_eq!(join_at_once(&topics, &topic, 1..=20).await, [true; 20]);
         assert_eq!(broker.subscribes.load(Ordering::SeqCst), 1, "one subscribe for twenty joins");
         for id in 1..20 {
             topics.leave(&topic, ConnId(id));
@@ -142,15 +150,7 @@ mod tests {
         let (topics, broker, hub) = node();
         broker.refuse.store(true, Ordering::SeqCst);
         let topic = Topic::parse("orders.acl").unwrap();
-        let joins: Vec<_> = (1..=3)
-            .map(|id| {
-                let (topics, topic) = (Arc::clone(&topics), topic.clone());
-                tokio::spawn(async move { topics.join(&topic, sub(id)).await })
-            })
-            .collect();
-        for join in joins {
-            assert!(join.await.unwrap().is_err(), "nobody is told it is subscribed");
-        }
+        assert_eq!(join_at_once(&topics, &topic, 1..=3).await, [false; 3], "nobody is told it is subscribed");
         // Each found the topic empty again, so each asked (and was refused).
         assert_eq!(broker.subscribes.load(Ordering::SeqCst), 3);
         assert_eq!(broker.releases.load(Ordering::SeqCst), 3);

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use wire::Topic;
 
-use super::{BoxFuture, Broker, BrokerError, Subscribed};
+use super::{Answer, Broker, BrokerError, Publish, Subscribed};
+
+/// One topic's kept envelopes with their `seq`, oldest first.
+type Kept = Vec<(u64, Vec<u8>)>;
 
 #[derive(Default)]
 pub(crate) struct FakeBroker {
@@ -24,7 +27,7 @@ pub(crate) struct FakeBroker {
     /// History reads so far.
     pub(crate) reads: AtomicUsize,
     /// Envelopes of each topic's history, oldest first.
-    history: Mutex<HashMap<String, Vec<(u64, Vec<u8>)>>>,
+    history: Mutex<HashMap<String, Kept>>,
     /// When set, each history read waits for one permit.
     gate: Option<Semaphore>,
 }
@@ -51,7 +54,7 @@ impl FakeBroker {
 }
 
 impl Broker for FakeBroker {
-    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
+    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> Answer<'a, Subscribed> {
         self.subscribes.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -69,26 +72,15 @@ impl Broker for FakeBroker {
         self.releases.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn publish<'a>(
-        &'a self,
-        _topic: &'a Topic,
-        _data_json: &'a str,
-        _traceparent: Option<&'a str>,
-        _id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+    fn publish<'a>(&'a self, _message: Publish<'a>) -> Answer<'a, u64> {
         Box::pin(async { Err(BrokerError::NotSupported("fake broker")) })
     }
 
-    fn last_value<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
+    fn last_value<'a>(&'a self, _topic: &'a Topic) -> Answer<'a, Option<Vec<u8>>> {
         Box::pin(async { Ok(None) })
     }
 
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
+    fn history_after<'a>(&'a self, topic: &'a Topic, since: u64, limit: usize) -> Answer<'a, Vec<Vec<u8>>> {
         Box::pin(async move {
             if let Some(gate) = &self.gate {
                 gate.acquire().await.map_err(|_| BrokerError::Timeout)?.forget();
@@ -100,7 +92,7 @@ impl Broker for FakeBroker {
         })
     }
 
-    fn submit_order<'a>(&'a self, _request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn submit_order<'a>(&'a self, _request_json: String) -> Answer<'a, ()> {
         Box::pin(async { Err(BrokerError::NotSupported("fake broker")) })
     }
 

@@ -16,7 +16,7 @@ use publisher::order_desk::RequestSender;
 use wire::orders::OrderRequest;
 use wire::{Topic, TopicFamily};
 
-use super::{BoxFuture, Broker, BrokerError, Sink, Subscribed};
+use super::{Answer, Broker, BrokerError, Publish, Sink, Subscribed};
 
 /// Envelopes of history kept per non-quote topic.
 const HISTORY_LEN: usize = 512;
@@ -88,39 +88,29 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
+    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> Answer<'a, Subscribed> {
         Box::pin(async { Ok(Subscribed::Confirmed) })
     }
 
     fn release(&self, _topic: &Topic) {}
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+    fn publish<'a>(&'a self, message: Publish<'a>) -> Answer<'a, u64> {
         Box::pin(async move {
+            let Publish { topic, data_json, traceparent, id } = message;
             let (head, tail) =
                 wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
             Ok(self.append(topic, &head, [tail.as_str()], id).0)
         })
     }
 
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Option<Vec<u8>>> {
         Box::pin(async move {
             let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
             Ok(topics.get(topic.as_str()).and_then(|log| log.last.clone()))
         })
     }
 
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
+    fn history_after<'a>(&'a self, topic: &'a Topic, since: u64, limit: usize) -> Answer<'a, Vec<Vec<u8>>> {
         Box::pin(async move {
             let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
             let current = topics.get(topic.as_str()).map_or(0, |log| log.seq);
@@ -136,7 +126,7 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn submit_order<'a>(&'a self, request_json: String) -> Answer<'a, ()> {
         Box::pin(async move {
             let Some(orders) = &self.orders else {
                 return Err(BrokerError::NotSupported(
@@ -191,7 +181,10 @@ mod tests {
             history.iter().map(|raw| wire::Envelope::parse(raw, Some("orders.a")).unwrap().seq).collect();
         assert_eq!(seqs, [2, 3]);
         let quotes = Topic::parse("quotes.A").unwrap();
-        broker.publish(&quotes, r#"{"bid":1}"#, None, None).await.unwrap();
+        broker
+            .publish(Publish { topic: &quotes, data_json: r#"{"bid":1}"#, traceparent: None, id: None })
+            .await
+            .unwrap();
         let last = broker.last_value(&quotes).await.unwrap().unwrap();
         assert_eq!(wire::Envelope::parse(&last, Some("quotes.A")).unwrap().seq, 1);
         assert!(matches!(broker.history_after(&topic, 9, 10).await, Err(BrokerError::Behind(3))));

@@ -14,16 +14,14 @@
 //! Subscriptions are kept by the shared manager (`pubsub`) on
 //! `pubsub_connections` links spread by channel hash (`redis_pubsub`).
 
-use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
 use wire::scripts::PublishCommand;
 
 use super::pubsub::link::LinkSettings;
 use super::pubsub::{ManagerSettings, PubSub};
 use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::{self, Delivery};
-use super::redis_shared::{Commands, Lane, Redis};
-use super::{BoxFuture, BrokerError, Wiring};
+use super::redis_shared::{Commands, Redis};
+use super::{Answer, BrokerError, Wiring};
 use crate::config::Config;
 
 /// The single-Redis backplane (its `Broker` is [`Redis`]'s).
@@ -37,54 +35,18 @@ pub struct Single {
     multiplexed: redis::aio::ConnectionManager,
 }
 
-/// A pooled connection or a handle on the multiplexed one.
-pub enum SingleConn {
-    Pooled(deadpool_redis::Connection),
-    Multiplexed(redis::aio::ConnectionManager),
-}
-
-impl ConnectionLike for SingleConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            SingleConn::Pooled(conn) => conn.req_packed_command(cmd),
-            SingleConn::Multiplexed(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            SingleConn::Pooled(conn) => conn.req_packed_commands(cmd, offset, count),
-            SingleConn::Multiplexed(conn) => conn.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            SingleConn::Pooled(conn) => conn.get_db(),
-            SingleConn::Multiplexed(conn) => conn.get_db(),
-        }
-    }
-}
-
 impl Commands for Single {
-    type Conn = SingleConn;
+    type Bulk = deadpool_redis::Connection;
+    type Quick = redis::aio::ConnectionManager;
     const KIND: &'static str = "redis";
 
-    fn conn<'a>(&'a self, _key: &'a str, lane: Lane) -> BoxFuture<'a, Result<SingleConn, BrokerError>> {
-        Box::pin(async move {
-            match lane {
-                Lane::Bulk => match self.pool.get().await {
-                    Ok(conn) => Ok(SingleConn::Pooled(conn)),
-                    Err(e) => Err(BrokerError::Unavailable(e.to_string())),
-                },
-                Lane::Quick => Ok(SingleConn::Multiplexed(self.multiplexed.clone())),
-            }
-        })
+    fn bulk<'a>(&'a self, _key: &'a str) -> Answer<'a, Self::Bulk> {
+        Box::pin(async move { self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string())) })
+    }
+
+    fn quick<'a>(&'a self, _key: &'a str) -> Answer<'a, Self::Quick> {
+        let conn = self.multiplexed.clone();
+        Box::pin(async move { Ok(conn) })
     }
 }
 

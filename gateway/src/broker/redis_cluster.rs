@@ -35,8 +35,8 @@ use wire::scripts::PublishCommand;
 use super::pubsub::{Health, ManagerSettings, PubSub, UpGauge};
 use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::Delivery;
-use super::redis_shared::{Commands, Lane, Redis};
-use super::{BoxFuture, BrokerError, Wiring};
+use super::redis_shared::{Commands, Redis};
+use super::{Answer, BrokerError, Wiring};
 use crate::config::Config;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -112,25 +112,31 @@ impl RedisClusterBroker {
     }
 }
 
-impl Commands for Cluster {
-    type Conn = ClusterConnection;
-    const KIND: &'static str = "redis-cluster";
-
+impl Cluster {
     /// The cluster connection (it routes by `key`'s slot), unless that
     /// slot's shard is known to be down.
-    fn conn<'a>(
-        &'a self,
-        key: &'a str,
-        _lane: Lane,
-    ) -> BoxFuture<'a, Result<ClusterConnection, BrokerError>> {
-        let conn = if self.health.slot_down(keys::cluster_slot(key)) {
-            Err(BrokerError::Unavailable("the cluster shard of this topic is down".into()))
-        } else {
-            let slot = self.conn.read().unwrap_or_else(PoisonError::into_inner);
-            slot.clone()
-                .ok_or_else(|| BrokerError::Unavailable("not connected to the Redis Cluster yet".into()))
-        };
+    fn conn(&self, key: &str) -> Result<ClusterConnection, BrokerError> {
+        if self.health.slot_down(keys::cluster_slot(key)) {
+            return Err(BrokerError::Unavailable("the cluster shard of this topic is down".into()));
+        }
+        let slot = self.conn.read().unwrap_or_else(PoisonError::into_inner);
+        slot.clone().ok_or_else(|| BrokerError::Unavailable("not connected to the Redis Cluster yet".into()))
+    }
+}
+
+/// Every command takes the one cluster connection.
+impl Commands for Cluster {
+    type Bulk = ClusterConnection;
+    type Quick = ClusterConnection;
+    const KIND: &'static str = "redis-cluster";
+
+    fn bulk<'a>(&'a self, key: &'a str) -> Answer<'a, ClusterConnection> {
+        let conn = self.conn(key);
         Box::pin(async move { conn })
+    }
+
+    fn quick<'a>(&'a self, key: &'a str) -> Answer<'a, ClusterConnection> {
+        self.bulk(key)
     }
 }
 

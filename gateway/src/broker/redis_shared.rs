@@ -7,6 +7,7 @@
 //! multiplexed one; `redis_cluster.rs`: the cluster connection, refused
 //! at once for a shard that is down) and how links are made.
 
+use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -15,26 +16,22 @@ use wire::{Topic, keys};
 
 use super::pubsub::PubSub;
 use super::redis_commands::{self, ScriptPublisher};
-use super::{BoxFuture, Broker, BrokerError, Subscribed};
+use super::{Answer, Broker, BrokerError, Publish, Subscribed};
 
-/// Which kind of connection a command wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lane {
-    /// Scripts and history reads: a long reply must never delay an order.
-    Bulk,
-    /// Order requests and snapshot reads: short, many at once.
-    Quick,
-}
-
-/// How one Redis backplane reaches its servers for commands.
+/// How one Redis backplane reaches its servers for commands. `key` is
+/// the command's key (a cluster routes by its slot).
 pub(crate) trait Commands: Send + Sync + 'static {
-    type Conn: ConnectionLike + Send;
+    /// For scripts and history reads: a long reply must never delay an order.
+    type Bulk: ConnectionLike + Send;
+    /// For order requests and snapshot reads: short, many at once.
+    type Quick: ConnectionLike + Send;
 
     /// `redis` or `redis-cluster`, for logs and `/readyz`.
     const KIND: &'static str;
 
-    /// A connection for a command on `key` (routed by its slot on a cluster).
-    fn conn<'a>(&'a self, key: &'a str, lane: Lane) -> BoxFuture<'a, Result<Self::Conn, BrokerError>>;
+    fn bulk<'a>(&'a self, key: &'a str) -> Answer<'a, Self::Bulk>;
+
+    fn quick<'a>(&'a self, key: &'a str) -> Answer<'a, Self::Quick>;
 }
 
 /// A Redis backplane: the subscription manager and `C`'s connections.
@@ -49,16 +46,16 @@ pub struct Redis<C> {
 }
 
 impl<C: Commands> Redis<C> {
-    /// Runs one command on `lane` for `key`, bounded by the timeout. A
-    /// command that timed out may still have run.
-    async fn query<T: redis::FromRedisValue>(
+    /// Runs one command on the connection `conn` resolves to, bounded by
+    /// the timeout (the checkout included). A command that timed out may
+    /// still have run.
+    async fn query<K: ConnectionLike + Send, T: redis::FromRedisValue>(
         &self,
-        key: &str,
-        lane: Lane,
+        conn: impl Future<Output = Result<K, BrokerError>>,
         cmd: &redis::Cmd,
     ) -> Result<T, BrokerError> {
         let work = async {
-            let mut conn = self.commands.conn(key, lane).await?;
+            let mut conn = conn.await?;
             cmd.query_async::<T>(&mut conn).await.map_err(failed)
         };
         timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
@@ -78,7 +75,7 @@ fn failed(e: redis::RedisError) -> BrokerError {
 }
 
 impl<C: Commands> Broker for Redis<C> {
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Subscribed, BrokerError>> {
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Subscribed> {
         Box::pin(self.pubsub.subscribe(topic))
     }
 
@@ -86,48 +83,39 @@ impl<C: Commands> Broker for Redis<C> {
         self.pubsub.release(topic);
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+    fn publish<'a>(&'a self, message: Publish<'a>) -> Answer<'a, u64> {
         Box::pin(async move {
+            let Publish { topic, data_json, traceparent, id } = message;
             let work = async {
                 let channel = keys::channel(&self.prefix, topic.as_str());
-                let mut conn = self.commands.conn(&channel, Lane::Bulk).await?;
+                let mut conn = self.commands.bulk(&channel).await?;
                 self.scripts.publish(&mut conn, topic, data_json, traceparent, id).await
             };
             timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
         })
     }
 
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Option<Vec<u8>>> {
         Box::pin(async move {
             let channel = keys::channel(&self.prefix, topic.as_str());
-            self.query(&channel, Lane::Quick, &redis_commands::last_value_cmd(&self.prefix, topic)).await
+            self.query(self.commands.quick(&channel), &redis_commands::last_value_cmd(&self.prefix, topic))
+                .await
         })
     }
 
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
+    fn history_after<'a>(&'a self, topic: &'a Topic, since: u64, limit: usize) -> Answer<'a, Vec<Vec<u8>>> {
         Box::pin(async move {
             let channel = keys::channel(&self.prefix, topic.as_str());
             let cmd = redis_commands::history_cmd(&self.prefix, topic, since, limit);
-            Ok(redis_commands::history_envelopes(self.query(&channel, Lane::Bulk, &cmd).await?))
+            Ok(redis_commands::history_envelopes(self.query(self.commands.bulk(&channel), &cmd).await?))
         })
     }
 
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn submit_order<'a>(&'a self, request_json: String) -> Answer<'a, ()> {
         Box::pin(async move {
             let key = keys::order_requests(&self.prefix);
             let cmd = redis_commands::order_request_cmd(&self.prefix, request_json);
-            let _id: String = self.query(&key, Lane::Quick, &cmd).await?;
+            let _id: String = self.query(self.commands.quick(&key), &cmd).await?;
             Ok(())
         })
     }
