@@ -94,6 +94,13 @@ pub struct Config {
     pub redis_backoff_max_ms: u64,
     /// Timeout of one Redis connect or subscribe round trip.
     pub redis_timeout_ms: u64,
+    /// Every this often each Redis pub/sub link is sent a delivery probe
+    /// (a message on a channel of this node, published like any other);
+    /// 0 turns the probe off.
+    pub probe_interval_ms: u64,
+    /// A probe not back this long after Redis accepted its publish
+    /// reconnects its link (which is not ready meanwhile).
+    pub probe_timeout_ms: u64,
     /// How long an `order` waits for the order service's reply before the
     /// client gets `timeout`.
     pub order_timeout_ms: u64,
@@ -183,6 +190,8 @@ impl fmt::Debug for Config {
             pubsub_connections,
             redis_backoff_max_ms,
             redis_timeout_ms,
+            probe_interval_ms,
+            probe_timeout_ms,
             order_timeout_ms,
             max_pending_orders,
             history_maxlen,
@@ -227,6 +236,8 @@ impl fmt::Debug for Config {
             .field("pubsub_connections", pubsub_connections)
             .field("redis_backoff_max_ms", redis_backoff_max_ms)
             .field("redis_timeout_ms", redis_timeout_ms)
+            .field("probe_interval_ms", probe_interval_ms)
+            .field("probe_timeout_ms", probe_timeout_ms)
             .field("order_timeout_ms", order_timeout_ms)
             .field("max_pending_orders", max_pending_orders)
             .field("history_maxlen", history_maxlen)
@@ -276,6 +287,8 @@ impl Default for Config {
             pubsub_connections: 1,
             redis_backoff_max_ms: 5_000,
             redis_timeout_ms: 3_000,
+            probe_interval_ms: 3_000,
+            probe_timeout_ms: 5_000,
             order_timeout_ms: 5_000,
             max_pending_orders: 32,
             replay_limit: 10_000,
@@ -336,7 +349,7 @@ impl Config {
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 23] = [
+        let ranges: [(&'static str, u64, u64, u64); 24] = [
             ("max_pending_per_ip", self.max_pending_per_ip as u64, 0, 10_000_000),
             ("request_timeout_ms", self.request_timeout_ms, 10, 3_600_000),
             ("history_maxlen", self.history_maxlen as u64, 1, 100_000_000),
@@ -360,11 +373,17 @@ impl Config {
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64, 64, 16 << 20),
             ("ws_write_buffer_bytes", self.ws_write_buffer_bytes as u64, 0, 16 << 20),
             ("redis_timeout_ms", self.redis_timeout_ms, 10, 600_000),
+            ("probe_timeout_ms", self.probe_timeout_ms, 50, 600_000),
         ];
         for (key, value, min, max) in ranges {
             if value < min || value > max {
                 return Err(bad(key, format!("{value} is outside {min}..={max}")));
             }
+        }
+        if self.probe_interval_ms != 0 && !(50..=3_600_000).contains(&self.probe_interval_ms) {
+            let reason =
+                format!("{} is outside 50..=3600000 (0 turns the probe off)", self.probe_interval_ms);
+            return Err(bad("probe_interval_ms", reason));
         }
         if self.redis_backoff_max_ms < 10 {
             return Err(bad("redis_backoff_max_ms", "must be at least 10".into()));
@@ -444,6 +463,13 @@ impl Config {
     pub fn order_timeout(&self) -> Duration {
         Duration::from_millis(self.order_timeout_ms)
     }
+    /// Zero when the probe is off.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
     pub fn redis_backoff_max(&self) -> Duration {
         Duration::from_millis(self.redis_backoff_max_ms)
     }
@@ -513,6 +539,8 @@ mod tests {
             ("GATEWAY_LOG_FORMAT", "xml", "log_format"),
             ("GATEWAY_TRACE_QUOTE_RATIO", "1.5", "trace_quote_ratio"),
             ("GATEWAY_TRACE_ORDER_RATIO", "-0.1", "trace_order_ratio"),
+            ("GATEWAY_PROBE_INTERVAL_MS", "10", "probe_interval_ms"),
+            ("GATEWAY_PROBE_TIMEOUT_MS", "0", "probe_timeout_ms"),
         ];
         for (k, v, key) in cases {
             let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();

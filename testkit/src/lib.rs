@@ -440,6 +440,39 @@ pub fn token(secret: &str, sub: &str) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
 }
 
+/// Publishes an `orders` update like the publisher does: seq from INCR,
+/// the history entry and the PUBLISH in one transaction. Returns its seq.
+pub async fn publish_order_update(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    topic: &str,
+) -> u64 {
+    let seq: u64 =
+        redis::cmd("INCR").arg(wire::keys::seq_counter(prefix, topic)).query_async(conn).await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    order_update_cmds(&mut pipe, prefix, topic, seq);
+    let _: () = pipe.query_async(conn).await.unwrap();
+    seq
+}
+
+/// Adds order update `seq` of `topic` to `pipe`: its history entry, then
+/// its PUBLISH (the seq counter is the caller's).
+pub fn order_update_cmds(pipe: &mut redis::Pipeline, prefix: &str, topic: &str, seq: u64) {
+    use wire::keys;
+    let env = envelope(topic, seq, &format!(r#"{{"update":{seq}}}"#));
+    pipe.cmd("XADD")
+        .arg(keys::history(prefix, topic))
+        .arg(keys::history_id(seq))
+        .arg(keys::HISTORY_FIELD)
+        .arg(&env)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(keys::channel(prefix, topic))
+        .arg(&env)
+        .ignore();
+}
+
 pub fn envelope(topic: &str, seq: u64, data: &str) -> String {
     wire::envelope::encode(topic, seq, wire::now_ms(), data, None)
 }

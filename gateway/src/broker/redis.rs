@@ -14,13 +14,15 @@
 //! Subscriptions are kept by the shared manager (`pubsub`) on
 //! `pubsub_connections` links spread by channel hash (`redis_pubsub`).
 
+use std::sync::Arc;
+
 use wire::scripts::PublishCommand;
 
 use super::pubsub::link::LinkSettings;
 use super::pubsub::{ManagerSettings, PubSub};
 use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::{self, Delivery};
-use super::redis_shared::{Commands, Redis};
+use super::redis_shared::{self, Commands, Redis};
 use super::{Answer, BrokerError, Wiring};
 use crate::config::Config;
 
@@ -73,11 +75,18 @@ impl RedisBroker {
             .set_pipeline_buffer_size(4096);
         let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let settings = ManagerSettings::new(config, &wiring);
+        let commands = Arc::new(Single { pool, multiplexed });
+        let mut settings = ManagerSettings::new(config, &wiring);
+        let probe = redis_shared::probe_publish(
+            Arc::clone(&commands),
+            PublishCommand::Publish,
+            config.redis_timeout(),
+        );
+        settings.probe.publish = Some(probe);
         let Wiring { sink, shutdown, .. } = wiring;
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
-        let delivery = Delivery { sink, prefix: config.channel_prefix.clone(), reply_channel };
+        let delivery = Delivery::new(sink, &config.channel_prefix, reply_channel, &inputs);
         redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,
             label: id.to_string(),
@@ -87,7 +96,7 @@ impl RedisBroker {
         });
         Ok(Redis {
             pubsub,
-            commands: Single { pool, multiplexed },
+            commands,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
             scripts: ScriptPublisher::new(

@@ -32,10 +32,10 @@ use tokio_util::sync::CancellationToken;
 use wire::keys;
 use wire::scripts::PublishCommand;
 
-use super::pubsub::{Health, ManagerSettings, PubSub, UpGauge};
+use super::pubsub::{Health, ManagerSettings, ProbeSettings, PubSub, UpGauge};
 use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::Delivery;
-use super::redis_shared::{Commands, Redis};
+use super::redis_shared::{self, Commands, Redis};
 use super::{Answer, BrokerError, Wiring};
 use crate::config::Config;
 
@@ -71,17 +71,29 @@ impl RedisClusterBroker {
             .build()
             .map_err(invalid)?;
         let (refresh, refresh_rx) = mpsc::channel(1);
+        let conn: ConnSlot = Arc::default();
+        // Made before the manager, so its delivery probe can publish through it.
+        let health = Arc::new(Health::default());
+        let commands = Arc::new(Cluster { conn: Arc::clone(&conn), health: Arc::clone(&health) });
+        let settings = ManagerSettings::new(config, &wiring);
+        let probe = redis_shared::probe_publish(
+            Arc::clone(&commands),
+            PublishCommand::SPublish,
+            config.redis_timeout(),
+        );
         let settings = ManagerSettings {
             up_gauge: UpGauge::Whole,
             refresh: Some(refresh),
-            ..ManagerSettings::new(config, &wiring)
+            probe: ProbeSettings { publish: Some(probe), ..settings.probe },
+            ..settings
         };
         let Wiring { sink, shutdown, .. } = wiring;
         let reply_channel = settings.reply_channel.clone();
-        let (pubsub, inputs) = PubSub::start(settings);
+        let (pubsub, inputs) = PubSub::start_with(settings, health);
+        let delivery = Delivery::new(sink, &config.channel_prefix, reply_channel, &inputs);
         let topology = topology::Topology {
             seeds,
-            delivery: Delivery { sink, prefix: config.channel_prefix.clone(), reply_channel },
+            delivery,
             inputs,
             health: Arc::clone(pubsub.health()),
             refresh: refresh_rx,
@@ -90,7 +102,6 @@ impl RedisClusterBroker {
             shutdown: shutdown.clone(),
         };
         tokio::spawn(topology.run());
-        let conn: ConnSlot = Arc::default();
         tokio::spawn(connect_commands(
             client,
             Arc::clone(&conn),
@@ -99,7 +110,7 @@ impl RedisClusterBroker {
             shutdown,
         ));
         Ok(Redis {
-            commands: Cluster { conn, health: Arc::clone(pubsub.health()) },
+            commands,
             pubsub,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),

@@ -88,6 +88,13 @@ pub fn history_envelopes(reply: redis::streams::StreamRangeReply) -> Vec<Vec<u8>
         .collect()
 }
 
+/// A delivery probe: `payload` published on `channel` as a message is.
+pub fn probe_cmd(command: PublishCommand, channel: &str, payload: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd(command.as_str());
+    cmd.arg(channel).arg(payload);
+    cmd
+}
+
 /// `XADD` of an order request to the order service's stream.
 pub fn order_request_cmd(prefix: &str, request_json: String) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");

@@ -14,7 +14,7 @@ use wire::keys;
 
 use super::pubsub::link::{self, Connected, Connector, LinkSettings, Notice};
 use super::pubsub::table::Outcome;
-use super::pubsub::{Inputs, Layout, LinkSpec};
+use super::pubsub::{Inputs, Layout, LinkSpec, ProbeReturns};
 use super::{BoxFuture, Sink};
 
 /// Where a reader delivers what it receives.
@@ -23,11 +23,22 @@ pub(crate) struct Delivery {
     pub(crate) sink: Arc<dyn Sink>,
     pub(crate) prefix: String,
     pub(crate) reply_channel: String,
+    /// This node's delivery probes, taken before the sink sees them.
+    pub(crate) probes: ProbeReturns,
 }
 
 impl Delivery {
-    /// One received message: an order reply or a topic's envelope.
+    /// Delivers into `sink`, with the probes of `inputs`'s manager.
+    pub(crate) fn new(sink: Arc<dyn Sink>, prefix: &str, reply_channel: String, inputs: &Inputs) -> Self {
+        Delivery { sink, prefix: prefix.to_owned(), reply_channel, probes: inputs.probes.clone() }
+    }
+
+    /// One received message: a delivery probe, an order reply or a
+    /// topic's envelope.
     pub(crate) fn deliver(&self, channel: &str, payload: &[u8]) {
+        if self.probes.take(channel, payload) {
+            return;
+        }
         if channel == self.reply_channel {
             self.sink.reply(payload);
         } else if let Some(topic) = keys::topic_of_channel(&self.prefix, channel) {

@@ -8,15 +8,17 @@
 //! at once for a shard that is down) and how links are made.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use tokio::time::timeout;
 use wire::{Topic, keys};
 
-use super::pubsub::PubSub;
+use super::pubsub::{ProbePublish, PubSub};
 use super::redis_commands::{self, ScriptPublisher};
 use super::{Answer, Broker, BrokerError, Publish, Subscribed};
+use wire::scripts::PublishCommand;
 
 /// How one Redis backplane reaches its servers for commands. `key` is
 /// the command's key (a cluster routes by its slot).
@@ -37,7 +39,8 @@ pub(crate) trait Commands: Send + Sync + 'static {
 /// A Redis backplane: the subscription manager and `C`'s connections.
 pub struct Redis<C> {
     pub(crate) pubsub: PubSub,
-    pub(crate) commands: C,
+    /// Shared with the delivery probe, which publishes through it.
+    pub(crate) commands: Arc<C>,
     pub(crate) prefix: String,
     /// Bounds every command, connection checkout included.
     pub(crate) timeout: Duration,
@@ -46,20 +49,45 @@ pub struct Redis<C> {
 }
 
 impl<C: Commands> Redis<C> {
-    /// Runs one command on the connection `conn` resolves to, bounded by
-    /// the timeout (the checkout included). A command that timed out may
-    /// still have run.
+    /// Runs one command, bounded by the timeout.
     async fn query<K: ConnectionLike + Send, T: redis::FromRedisValue>(
         &self,
         conn: impl Future<Output = Result<K, BrokerError>>,
         cmd: &redis::Cmd,
     ) -> Result<T, BrokerError> {
-        let work = async {
-            let mut conn = conn.await?;
-            cmd.query_async::<T>(&mut conn).await.map_err(failed)
-        };
-        timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
+        run(conn, self.timeout, cmd).await
     }
+}
+
+/// Runs one command on the connection `conn` resolves to, bounded by
+/// `limit` (the checkout included). A command that timed out may still
+/// have run.
+async fn run<K: ConnectionLike + Send, T: redis::FromRedisValue>(
+    conn: impl Future<Output = Result<K, BrokerError>>,
+    limit: Duration,
+    cmd: &redis::Cmd,
+) -> Result<T, BrokerError> {
+    let work = async {
+        let mut conn = conn.await?;
+        cmd.query_async::<T>(&mut conn).await.map_err(failed)
+    };
+    timeout(limit, work).await.map_err(|_| BrokerError::Timeout)?
+}
+
+/// Delivery probes are published as messages are: with `command` on the
+/// bulk connection for their channel (routed by its slot on a cluster).
+pub(crate) fn probe_publish<C: Commands>(
+    commands: Arc<C>,
+    command: PublishCommand,
+    limit: Duration,
+) -> ProbePublish {
+    Arc::new(move |channel, payload| {
+        let commands = Arc::clone(&commands);
+        Box::pin(async move {
+            let cmd = redis_commands::probe_cmd(command, &channel, &payload);
+            run::<_, i64>(commands.bulk(&channel), limit, &cmd).await.map(|_| ())
+        })
+    })
 }
 
 /// What a failed command means to its caller.
