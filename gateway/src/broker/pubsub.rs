@@ -36,8 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::{Topic, keys};
 
-use super::{BoxFuture, BrokerError};
-use crate::hub::Hub;
+use super::{BoxFuture, BrokerError, Sink, Subscribed, Wiring};
 use crate::metrics::{Metrics, ShardLabel};
 use link::{Command, Event};
 use probe::Probes;
@@ -151,7 +150,8 @@ impl ProbeReturns {
 }
 
 pub(crate) struct ManagerSettings {
-    pub(crate) hub: Arc<Hub>,
+    /// Asked whether a released topic is wanted again when its grace ends.
+    pub(crate) sink: Arc<dyn Sink>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) prefix: String,
     /// This node's reply channel: wanted from the start, never released.
@@ -169,19 +169,13 @@ pub(crate) struct ManagerSettings {
 impl ManagerSettings {
     /// A node's settings from its config: one gauge count per link, no
     /// slot map to refresh (the cluster sets both).
-    pub(crate) fn new(
-        config: &crate::config::Config,
-        node_id: &str,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(config: &crate::config::Config, wiring: &Wiring<'_>) -> Self {
         ManagerSettings {
-            hub,
-            metrics,
+            sink: Arc::clone(&wiring.sink),
+            metrics: Arc::clone(&wiring.metrics),
             prefix: config.channel_prefix.clone(),
-            reply_channel: keys::node_replies(&config.channel_prefix, node_id),
-            probe_base: Probes::base(&config.channel_prefix, node_id),
+            reply_channel: keys::node_replies(&config.channel_prefix, wiring.node_id),
+            probe_base: Probes::base(&config.channel_prefix, wiring.node_id),
             probe: ProbeSettings {
                 interval: config.probe_interval(),
                 timeout: config.probe_timeout(),
@@ -190,13 +184,13 @@ impl ManagerSettings {
             grace: config.unsubscribe_grace(),
             up_gauge: UpGauge::Links,
             refresh: None,
-            shutdown,
+            shutdown: wiring.shutdown.clone(),
         }
     }
 }
 
 enum Request {
-    Subscribe(Topic, oneshot::Sender<Result<(), BrokerError>>),
+    Subscribe(Topic, oneshot::Sender<Result<Subscribed, BrokerError>>),
     Release(Topic),
 }
 
@@ -217,6 +211,12 @@ pub(crate) struct Inputs {
 impl PubSub {
     /// Starts the manager with no link; links arrive in layouts.
     pub(crate) fn start(settings: ManagerSettings) -> (PubSub, Inputs) {
+        Self::start_with(settings, Arc::default())
+    }
+
+    /// Starts the manager publishing into `health` (made beforehand by a
+    /// backplane whose commands check it).
+    pub(crate) fn start_with(settings: ManagerSettings, health: Arc<Health>) -> (PubSub, Inputs) {
         // Unbounded: `release` is called from synchronous cleanup that
         // cannot wait, and each request is one client action already
         // bounded by the connection limits.
@@ -227,7 +227,6 @@ impl PubSub {
         let (layouts, layouts_rx) = mpsc::unbounded_channel();
         // Unbounded: readers must never wait; one event per probe sent.
         let (probe_events, probe_events_rx) = mpsc::unbounded_channel();
-        let health = Arc::new(Health::default());
         let mut table = Table::new(settings.grace);
         table.pin(&settings.reply_channel, None);
         let probes = match &settings.probe {
@@ -254,7 +253,7 @@ impl PubSub {
 
     /// Resolves once the server confirmed the subscription (or, while its
     /// link is away, once the topic is recorded for its return).
-    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<(), BrokerError> {
+    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<Subscribed, BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send(Request::Subscribe(topic.clone(), tx))
@@ -283,7 +282,7 @@ struct LinkInfo {
 }
 
 struct Manager {
-    table: Table<oneshot::Sender<Result<(), BrokerError>>>,
+    table: Table<oneshot::Sender<Result<Subscribed, BrokerError>>>,
     links: HashMap<LinkId, LinkInfo>,
     route: Route,
     complete: bool,
@@ -341,10 +340,10 @@ impl Manager {
                 Some(event) = probe_events.recv() => self.probe_event(event),
                 _ = super::sleep_until_opt(next_probe) => self.probe(Instant::now()),
                 _ = super::sleep_until_opt(next_release) => {
-                    let hub = &self.settings.hub;
+                    let sink = &self.settings.sink;
                     let prefix = self.settings.prefix.as_str();
                     self.table.expire(Instant::now(), |channel| {
-                        keys::topic_of_channel(prefix, channel).is_some_and(|t| hub.has_subscribers(t))
+                        keys::topic_of_channel(prefix, channel).is_some_and(|t| sink.wanted(t))
                     });
                 }
             }

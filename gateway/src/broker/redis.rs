@@ -21,47 +21,115 @@
 //! report down meanwhile (`/readyz` not ready) and re-subscribe there.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
-use wire::Topic;
+use redis::RedisFuture;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+
 use wire::scripts::PublishCommand;
 
 use super::pubsub::link::LinkSettings;
-use super::pubsub::{ManagerSettings, ProbePublish, PubSub};
-use super::redis_commands::{self, ScriptPublisher};
+use super::pubsub::{ManagerSettings, PubSub};
+use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::{self, Delivery};
-use super::{BoxFuture, Broker, BrokerError};
+use super::redis_shared::{self, Commands, Redis};
+use super::{Answer, BrokerError, Wiring};
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::requests::Requests;
 
-pub struct RedisBroker {
-    /// The subscription manager over the pub/sub connections.
-    pubsub: PubSub,
+/// The single-Redis backplane (its `Broker` is [`Redis`]'s).
+pub type RedisBroker = Redis<Single>;
+
+/// Where the single Redis runs commands.
+pub struct Single {
     pool: redis_backplane::Pool,
     /// Order requests and snapshot reads; connects on first use and
     /// again after it broke (or its server stopped being master).
-    multiplexed: redis_backplane::SharedConnection,
-    prefix: String,
-    timeout: Duration,
-    /// Publishes through the shared scripts, with `PUBLISH`.
-    scripts: ScriptPublisher,
+    multiplexed: Arc<redis_backplane::SharedConnection>,
+}
+
+impl Commands for Single {
+    type Bulk = Pooled;
+    type Quick = Checked;
+    const KIND: &'static str = "redis";
+
+    fn bulk<'a>(&'a self, _key: &'a str) -> Answer<'a, Self::Bulk> {
+        Box::pin(async move {
+            self.pool.get().await.map(Pooled).map_err(|e| BrokerError::Unavailable(e.to_string()))
+        })
+    }
+
+    fn quick<'a>(&'a self, _key: &'a str) -> Answer<'a, Self::Quick> {
+        Box::pin(async move {
+            let conn = self.multiplexed.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            Ok(Checked { conn, owner: Arc::clone(&self.multiplexed) })
+        })
+    }
+}
+
+/// A connection taken from the pool, back in it when dropped.
+pub struct Pooled(redis_backplane::pool::Connection);
+
+impl ConnectionLike for Pooled {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        (*self.0).req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        (*self.0).req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// The shared order connection for one call: a failure that means it is
+/// broken or no longer on the master (`-READONLY`) drops it, so the next
+/// call connects again (after a Sentinel failover: to the new master).
+pub struct Checked {
+    conn: MultiplexedConnection,
+    owner: Arc<redis_backplane::SharedConnection>,
+}
+
+impl ConnectionLike for Checked {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            if let Err(e) = &result {
+                self.owner.failed(e);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            if let Err(e) = &result {
+                self.owner.failed(e);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
 }
 
 impl RedisBroker {
     /// Starts the pub/sub managers; they connect in the background, so a
     /// node whose Redis is not up yet starts anyway (and reports not ready).
-    pub fn start(
-        config: &Config,
-        node_id: &str,
-        hub: Arc<Hub>,
-        requests: Arc<Requests>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Result<Self, BrokerError> {
+    pub(crate) fn start(config: &Config, wiring: Wiring<'_>) -> Result<Self, BrokerError> {
         let target =
             redis_backplane::Target::open(&config.redis_url, config.sentinel(), config.redis_timeout())
                 .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
@@ -77,12 +145,19 @@ impl RedisBroker {
             // Many connections' orders at once queue here, not in a pool.
             .set_pipeline_buffer_size(4096);
         // A failed connect is retried on the next command, not in a loop.
-        let multiplexed = redis_backplane::SharedConnection::new(target.clone(), shared_config);
-        let mut settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
-        settings.probe.publish = Some(probe_publish(pool.clone(), config.redis_timeout()));
+        let multiplexed = Arc::new(redis_backplane::SharedConnection::new(target.clone(), shared_config));
+        let commands = Arc::new(Single { pool, multiplexed });
+        let mut settings = ManagerSettings::new(config, &wiring);
+        let probe = redis_shared::probe_publish(
+            Arc::clone(&commands),
+            PublishCommand::Publish,
+            config.redis_timeout(),
+        );
+        settings.probe.publish = Some(probe);
+        let Wiring { sink, shutdown, .. } = wiring;
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
-        let delivery = Delivery::new(hub, requests, &config.channel_prefix, reply_channel, &inputs);
+        let delivery = Delivery::new(sink, &config.channel_prefix, reply_channel, &inputs);
         redis_pubsub::spawn_links(&target, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,
             label: id.to_string(),
@@ -90,10 +165,9 @@ impl RedisBroker {
             backoff_max: config.redis_backoff_max(),
             shutdown: shutdown.clone(),
         });
-        Ok(RedisBroker {
+        Ok(Redis {
             pubsub,
-            pool,
-            multiplexed,
+            commands,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
             scripts: ScriptPublisher::new(
@@ -105,128 +179,4 @@ impl RedisBroker {
             ),
         })
     }
-}
-
-impl Broker for RedisBroker {
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(self.pubsub.subscribe(topic))
-    }
-
-    fn release(&self, topic: &Topic) {
-        self.pubsub.release(topic);
-    }
-
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
-        Box::pin(async move {
-            let work = async {
-                let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                self.scripts.publish(&mut *conn, topic, data_json, traceparent, id).await
-            };
-            timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
-        })
-    }
-
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
-        Box::pin(async move { self.multiplexed(&redis_commands::last_value_cmd(&self.prefix, topic)).await })
-    }
-
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
-        Box::pin(async move {
-            let cmd = redis_commands::history_cmd(&self.prefix, topic, since, limit);
-            Ok(redis_commands::history_envelopes(self.query(&cmd).await?))
-        })
-    }
-
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let _id: String =
-                self.multiplexed(&redis_commands::order_request_cmd(&self.prefix, request_json)).await?;
-            Ok(())
-        })
-    }
-
-    fn is_ready(&self) -> bool {
-        self.pubsub.health().is_ready()
-    }
-
-    fn down_shards(&self) -> Vec<String> {
-        self.pubsub.health().down()
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-}
-
-impl RedisBroker {
-    /// Runs one command on a pooled connection, bounded by the timeout.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        pool_query(&self.pool, self.timeout, cmd).await
-    }
-
-    /// Runs one command on the multiplexed connection, bounded by the
-    /// timeout. A command that timed out may still have run.
-    async fn multiplexed<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let work = async {
-            let mut conn =
-                self.multiplexed.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            let result = cmd.query_async::<T>(&mut conn).await;
-            if let Err(e) = &result {
-                // Broken, or no longer master: the next call reconnects.
-                self.multiplexed.failed(e);
-            }
-            Ok(result)
-        };
-        match timeout(self.timeout, work).await {
-            Err(_) => Err(BrokerError::Timeout),
-            Ok(Err(unavailable)) => Err(unavailable),
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(e))) if e.is_timeout() => Err(BrokerError::Timeout),
-            // Not sent, the connection broke, or a demoted master refused.
-            Ok(Ok(Err(e)))
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || redis_backplane::sentinel::is_readonly(&e) =>
-            {
-                Err(BrokerError::Unavailable(e.to_string()))
-            }
-            Ok(Ok(Err(e))) => Err(BrokerError::Refused(e.to_string())),
-        }
-    }
-}
-
-/// Runs one command on a connection of `pool`, bounded by `limit`.
-async fn pool_query<T: redis::FromRedisValue>(
-    pool: &redis_backplane::Pool,
-    limit: Duration,
-    cmd: &redis::Cmd,
-) -> Result<T, BrokerError> {
-    let work = async {
-        let mut conn = pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        cmd.query_async::<T>(&mut *conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
-    };
-    timeout(limit, work).await.map_err(|_| BrokerError::Timeout)?
-}
-
-/// Delivery probes are published on the pool, as the publish scripts are.
-fn probe_publish(pool: redis_backplane::Pool, limit: Duration) -> ProbePublish {
-    Arc::new(move |channel, payload| {
-        let pool = pool.clone();
-        Box::pin(async move {
-            let cmd = redis_commands::probe_cmd(PublishCommand::Publish, &channel, &payload);
-            pool_query::<i64>(&pool, limit, &cmd).await.map(|_| ())
-        })
-    })
 }

@@ -1,8 +1,8 @@
 //! The single-Redis links: `pubsub_connections` plain pub/sub
 //! connections, each a [`link`](super::pubsub::link) of the shared
 //! manager, with channels spread over them by hash so one connection's
-//! reader is never the node's bottleneck. Each connection's reader feeds
-//! messages into the hub and order replies into the request table.
+//! reader is never the node's bottleneck. Each connection's reader hands
+//! messages and order replies to the node's [`Sink`].
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -12,34 +12,25 @@ use redis::aio::PubSubSink;
 use tokio::sync::mpsc;
 use wire::keys;
 
-use super::BoxFuture;
 use super::pubsub::link::{self, Connected, Connector, LinkSettings, Notice};
 use super::pubsub::table::Outcome;
 use super::pubsub::{Inputs, Layout, LinkSpec, ProbeReturns};
-use crate::hub::Hub;
-use crate::requests::Requests;
+use super::{BoxFuture, Sink};
 
 /// Where a reader delivers what it receives.
 #[derive(Clone)]
 pub(crate) struct Delivery {
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) requests: Arc<Requests>,
+    pub(crate) sink: Arc<dyn Sink>,
     pub(crate) prefix: String,
     pub(crate) reply_channel: String,
-    /// This node's delivery probes, taken before the hub sees them.
+    /// This node's delivery probes, taken before the sink sees them.
     pub(crate) probes: ProbeReturns,
 }
 
 impl Delivery {
-    /// Delivers into `hub` and `requests`, with the probes of `inputs`'s manager.
-    pub(crate) fn new(
-        hub: Arc<Hub>,
-        requests: Arc<Requests>,
-        prefix: &str,
-        reply_channel: String,
-        inputs: &Inputs,
-    ) -> Self {
-        Delivery { hub, requests, prefix: prefix.to_owned(), reply_channel, probes: inputs.probes.clone() }
+    /// Delivers into `sink`, with the probes of `inputs`'s manager.
+    pub(crate) fn new(sink: Arc<dyn Sink>, prefix: &str, reply_channel: String, inputs: &Inputs) -> Self {
+        Delivery { sink, prefix: prefix.to_owned(), reply_channel, probes: inputs.probes.clone() }
     }
 
     /// One received message: a delivery probe, an order reply or a
@@ -49,9 +40,9 @@ impl Delivery {
             return;
         }
         if channel == self.reply_channel {
-            self.requests.resolve(payload);
+            self.sink.reply(payload);
         } else if let Some(topic) = keys::topic_of_channel(&self.prefix, channel) {
-            self.hub.ingest(topic, payload);
+            self.sink.message(topic, payload);
         }
     }
 }

@@ -13,7 +13,7 @@
 //! - `Recorded`: wanted but not on any server (its link is down, no link
 //!   serves its slot, or a server dropped it). Sent at the next flush
 //!   once its link is up; waiters on a link that is not up are answered
-//!   `Ok` (recorded, subscribed when it returns).
+//!   [`Subscribed::Recorded`] (subscribed when it returns).
 //! - `Pending`: SUBSCRIBE sent on connection `epoch` of its link; answers
 //!   for another connection are stale and ignored.
 //! - `Held`: confirmed on the link's current connection.
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Subscribed};
 
 /// Names one link (a pub/sub connection) for the life of the node.
 pub(crate) type LinkId = usize;
@@ -85,7 +85,7 @@ pub(crate) enum Action<W> {
         epoch: u64,
         channels: Vec<String>,
     },
-    Answer(W, Result<(), BrokerError>),
+    Answer(W, Result<Subscribed, BrokerError>),
 }
 
 pub(crate) struct Table<W> {
@@ -143,7 +143,7 @@ impl<W> Table<W> {
         });
         entry.release_at = None;
         match entry.status {
-            Status::Held => self.actions.push(Action::Answer(waiter, Ok(()))),
+            Status::Held => self.actions.push(Action::Answer(waiter, Ok(Subscribed::Confirmed))),
             _ => entry.waiters.push(waiter),
         }
     }
@@ -204,7 +204,7 @@ impl<W> Table<W> {
             }
             let Some(entry) = self.entries.remove(&channel) else { continue };
             for waiter in entry.waiters {
-                self.actions.push(Action::Answer(waiter, Ok(())));
+                self.actions.push(Action::Answer(waiter, Ok(Subscribed::Recorded)));
             }
             let on_server = matches!(entry.status, Status::Pending { .. } | Status::Held);
             if let (true, Some(link)) = (on_server, entry.link)
@@ -260,7 +260,7 @@ impl<W> Table<W> {
                 Outcome::Held => {
                     entry.status = Status::Held;
                     for waiter in entry.waiters.drain(..) {
-                        self.actions.push(Action::Answer(waiter, Ok(())));
+                        self.actions.push(Action::Answer(waiter, Ok(Subscribed::Confirmed)));
                     }
                 }
                 Outcome::Refused(why) if !entry.pinned => {
@@ -345,7 +345,7 @@ impl<W> Table<W> {
                 }
                 None => {
                     for waiter in entry.waiters.drain(..) {
-                        self.actions.push(Action::Answer(waiter, Ok(())));
+                        self.actions.push(Action::Answer(waiter, Ok(Subscribed::Recorded)));
                     }
                 }
             }
