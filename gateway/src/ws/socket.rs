@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
@@ -40,6 +41,10 @@ const QUEUE_KEEP: usize = 8;
 /// Bytes read and thrown away after a violation while waiting for the
 /// client to close, at most.
 const DISCARD_MAX: usize = 1 << 20;
+/// After a violation, the connection is closed once the client has been
+/// quiet this long (its close frame comes at once if it answers at all;
+/// waiting for its EOF would wait for its own close timeout).
+const DISCARD_QUIET: Duration = Duration::from_millis(100);
 
 /// Sizes from the node's config.
 #[derive(Debug, Clone, Copy)]
@@ -225,8 +230,9 @@ impl Socket {
     /// After our close frame: waits for the client's (the server closes
     /// the TCP connection after it, §7.1.1). After a violation nothing
     /// the client sends is parsed: our side is shut and its bytes are
-    /// read and dropped until it closes, so the close frame is not lost
-    /// to a reset. The caller bounds the wait.
+    /// read and dropped until it closes or goes quiet, so our close frame
+    /// is not lost to a reset (closing with unread input sends one). The
+    /// caller bounds the wait.
     pub(crate) async fn linger(&mut self) {
         if !self.failed {
             while let Some(Ok(msg)) = self.recv().await {
@@ -243,9 +249,9 @@ impl Socket {
         let mut discarded = 0;
         while discarded < DISCARD_MAX {
             self.input.clear();
-            match self.fill().await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
+            match tokio::time::timeout(DISCARD_QUIET, self.fill()).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => discarded += n,
             }
         }
         self.input = Vec::new();
