@@ -30,8 +30,9 @@ use tokio::net::TcpStream;
 use super::frame::{self, Header, Opcode, Violation};
 use super::message::{Assembler, Message};
 
-/// The most bytes one read takes (the buffer is on the stack).
-const READ_CHUNK_MAX: usize = 16 * 1024;
+/// The most bytes one read takes (the buffer is on the stack); the
+/// config's `ws_read_buffer_bytes` is validated against it.
+pub(crate) const READ_CHUNK_MAX: usize = 16 * 1024;
 /// Frames gathered into one `writev` at most (two slices each, well under
 /// the kernel's `IOV_MAX` of 1024).
 const WRITE_FRAMES_MAX: usize = 64;
