@@ -2,9 +2,10 @@
 //! replies and queued frames, keeps the heartbeat and closes on shutdown.
 //!
 //! Frames for the client wait in its [`Outbox`]; the task takes them all
-//! at once and writes them with one flush, so a busy socket gets many
-//! frames per syscall. Replies to commands go out through the same
-//! buffered writer, before any frame queued after them. The
+//! at once and writes them with one flush (one `writev` of headers and
+//! shared payloads, see [`crate::ws`]), so a busy socket gets many frames
+//! per syscall. Replies to commands go out through the same queue,
+//! before any frame queued after them. The
 //! [`Subscriptions`] guard releases every hub entry when the task ends,
 //! however it ends.
 
