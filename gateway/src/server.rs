@@ -12,6 +12,8 @@ use axum::extract::{ConnectInfo, Extension, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use publisher::Engine;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -243,15 +245,20 @@ async fn upgrade(
         read_chunk: cfg.ws_read_buffer_bytes,
         write_gather: cfg.ws_write_buffer_bytes,
     };
-    // The upgrade completes once hyper has written the 101 below.
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                connection::serve(ws::Socket::new(upgraded, limits), node, peer, identity, admission).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+    // The upgrade completes once hyper has written the 101 below. A
+    // combinator, not an async block: the task holds either the wait for
+    // the upgrade or the connection, never both.
+    let connection = on_upgrade.then(move |upgraded| match upgraded {
+        Ok(upgraded) => {
+            let socket = ws::Socket::new(upgraded, limits);
+            Either::Left(connection::serve(socket, node, peer, identity, admission))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            Either::Right(std::future::ready(()))
         }
     });
+    tokio::spawn(connection);
     ws::handshake::switching(&accept)
 }
 
