@@ -159,9 +159,11 @@ enum End {
 
 impl Connection {
     async fn run(&mut self) {
-        let session = uuid::Uuid::new_v4().to_string();
-        tracing::debug!(session, "connected");
-        let welcome = wire::server::welcome(&self.node.id, &session);
+        let welcome = {
+            let session = uuid::Uuid::new_v4().to_string();
+            tracing::debug!(session, "connected");
+            wire::server::welcome(&self.node.id, &session)
+        };
         let end = match Box::pin(self.send_now(welcome)).await {
             Ok(()) => self.serve().await,
             Err(()) => End::Gone,

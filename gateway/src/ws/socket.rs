@@ -14,17 +14,19 @@
 //!
 //! Should the upgraded connection not be a plain `TcpStream` (it always
 //! is with the listener's hyper builder), the same protocol runs over
-//! hyper's `Upgraded` with ordinary async reads and writes, at the cost
-//! of a read buffer per connection.
+//! hyper's `Upgraded` with ordinary async reads and writes.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::frame::{self, Header, Opcode, Violation};
@@ -110,31 +112,37 @@ impl Socket {
 
     /// The next message from the client: `None` once its side has ended,
     /// an error (once) when it broke the protocol. Cancel safe: what was
-    /// read is kept for the next call.
-    pub(crate) async fn recv(&mut self) -> Option<Result<Message, Violation>> {
+    /// read is kept for the next call. A hand-written poll, so the future
+    /// every idle connection's task holds is a reference, not a state
+    /// machine of nested futures (~190 B less per connection).
+    pub(crate) fn recv(&mut self) -> impl Future<Output = Option<Result<Message, Violation>>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_recv(cx))
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Violation>>> {
         loop {
             if self.read_done {
-                return None;
+                return Poll::Ready(None);
             }
             match self.parse() {
                 Ok(Some(msg)) => {
                     if matches!(msg, Message::Close(_)) {
                         self.read_done = true;
                     }
-                    return Some(Ok(msg));
+                    return Poll::Ready(Some(Ok(msg)));
                 }
                 Ok(None) => {}
                 Err(violation) => {
                     self.failed = true;
                     self.read_done = true;
                     self.input = Vec::new();
-                    return Some(Err(violation));
+                    return Poll::Ready(Some(Err(violation)));
                 }
             }
-            match self.fill().await {
+            match ready!(self.poll_fill(cx)) {
                 Ok(0) | Err(_) => {
                     self.read_done = true;
-                    return None;
+                    return Poll::Ready(None);
                 }
                 Ok(_) => {}
             }
@@ -169,18 +177,23 @@ impl Socket {
     }
 
     /// Reads what the socket has; `Ok(0)` at its end.
-    async fn fill(&mut self) -> io::Result<usize> {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let chunk = self.limits.read_chunk;
         match &mut self.io {
             Transport::Tcp(tcp) => loop {
-                tcp.readable().await?;
-                match read_now(tcp, &mut self.input, self.limits.read_chunk) {
+                ready!(tcp.poll_read_ready(cx))?;
+                // A `WouldBlock` clears the readiness: the next poll waits.
+                match read_now(tcp, &mut self.input, chunk) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    read => return read,
+                    read => return Poll::Ready(read),
                 }
             },
             Transport::Upgraded(io) => {
-                self.input.reserve(self.limits.read_chunk);
-                io.read_buf(&mut self.input).await
+                let mut buf = [0u8; READ_CHUNK_MAX];
+                let mut read = ReadBuf::new(&mut buf[..chunk]);
+                ready!(Pin::new(io.as_mut()).poll_read(cx, &mut read))?;
+                self.input.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
             }
         }
     }
@@ -250,7 +263,7 @@ impl Socket {
         let mut discarded = 0;
         while discarded < DISCARD_MAX {
             self.input.clear();
-            match tokio::time::timeout(DISCARD_QUIET, self.fill()).await {
+            match tokio::time::timeout(DISCARD_QUIET, std::future::poll_fn(|cx| self.poll_fill(cx))).await {
                 Ok(Ok(0) | Err(_)) | Err(_) => break,
                 Ok(Ok(n)) => discarded += n,
             }
