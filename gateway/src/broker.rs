@@ -5,23 +5,44 @@
 //! (a Redis pub/sub backplane shared by any number of stateless nodes)
 //! and [`redis_cluster::RedisClusterBroker`] (the same on a Redis Cluster,
 //! with sharded pub/sub).
-//! The hub decides when a topic gets its first or loses its last local
-//! subscriber; the broker turns that into backplane subscriptions and
-//! feeds received envelopes back into the hub.
+//! The node decides when a topic gets its first or loses its last local
+//! subscriber ([`crate::topics`]) and asks the broker to subscribe or
+//! release it; the broker delivers what it receives into a [`Sink`] and
+//! knows nothing of hubs, connections or order requests.
 
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod memory;
 mod pubsub;
 pub mod redis;
 pub mod redis_cluster;
 mod redis_commands;
 mod redis_pubsub;
+mod redis_shared;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use wire::Topic;
 
+use crate::metrics::Metrics;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a broker call resolves to.
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
+
+/// One message to publish: `data_json` (a JSON object) on `topic`, with
+/// the publisher's trace context and, for an order update, its `id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Publish<'a> {
+    pub topic: &'a Topic,
+    pub data_json: &'a str,
+    pub traceparent: Option<&'a str>,
+    pub id: Option<&'a str>,
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -41,46 +62,70 @@ pub enum BrokerError {
     Behind(u64),
 }
 
+/// Where a backplane delivers what it receives: implemented by the node
+/// ([`crate::inbound::Inbound`]), by a test sink in unit tests.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// One envelope received on `topic`'s channel (not parsed yet).
+    fn message(&self, topic: &str, envelope: &[u8]);
+
+    /// One order reply received on this node's reply channel.
+    fn reply(&self, payload: &[u8]);
+
+    /// Whether `topic` still has local subscribers: asked when a released
+    /// topic's grace delay runs out, so a subscriber that came back
+    /// meanwhile keeps the backplane subscription.
+    fn wanted(&self, topic: &str) -> bool;
+}
+
+/// How the backplane answered a subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribed {
+    /// The server confirmed: everything published from now on arrives.
+    Confirmed,
+    /// The backplane is away: the topic is recorded and subscribed when
+    /// it returns (what is published meanwhile is not delivered live).
+    Recorded,
+}
+
+/// What a Redis backplane is started with besides its config.
+pub(crate) struct Wiring<'a> {
+    /// Names this node's reply channel.
+    pub(crate) node_id: &'a str,
+    /// Where it delivers what it receives.
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Stops its tasks.
+    pub(crate) shutdown: CancellationToken,
+}
+
 pub trait Broker: Send + Sync + 'static {
-    /// Makes sure `topic`'s messages reach this node's hub. Resolves once
+    /// Makes sure `topic`'s messages reach this node's sink. Resolves once
     /// the backplane confirmed, so a client told `subscribed` misses
     /// nothing published after. While the backplane is away the topic is
     /// recorded and subscribed when it returns.
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Subscribed>;
 
     /// `topic` lost its last local subscriber; the backplane subscription
     /// goes after a grace delay unless someone subscribes again.
     fn release(&self, topic: &Topic);
 
-    /// Publishes `data_json` (a JSON object) on `topic` to every node,
-    /// assigning the next `seq`; returns that `seq`. An order update with
-    /// an `id` already published is not published again (its `seq` is
-    /// returned).
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>>;
+    /// Publishes `message` to every node, assigning the next `seq`;
+    /// returns that `seq`. An order update with an `id` already published
+    /// is not published again (its `seq` is returned).
+    fn publish<'a>(&'a self, message: Publish<'a>) -> Answer<'a, u64>;
 
     /// The latest envelope published on `topic`, if the backplane keeps
     /// one (quotes: the snapshot a new subscriber gets at once).
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>>;
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Option<Vec<u8>>>;
 
     /// Up to `limit` envelopes of `topic` with `seq > since`, oldest first,
     /// from the topic's history (empty when it keeps none). `Behind` when
     /// the backplane knows `since` is ahead of anything it numbered.
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>>;
+    fn history_after<'a>(&'a self, topic: &'a Topic, since: u64, limit: usize) -> Answer<'a, Vec<Vec<u8>>>;
 
     /// Hands an order request (JSON [`wire::orders::OrderRequest`]) to the
     /// order service; its reply comes back through [`crate::requests`].
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn submit_order<'a>(&'a self, request_json: String) -> Answer<'a, ()>;
 
     /// Whether the backplane is connected (drives `/readyz`).
     fn is_ready(&self) -> bool;

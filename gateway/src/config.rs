@@ -35,6 +35,19 @@ pub struct Config {
     /// sharded pub/sub (SSUBSCRIBE / SPUBLISH), so each message only
     /// crosses the shard that owns its channel's slot.
     pub redis_cluster: bool,
+    /// Redis Sentinel: `host:port` of each sentinel, comma-separated
+    /// (asked in this order); the backplane is the master they name, and
+    /// `redis_url` then gives only scheme, user, password and database.
+    pub redis_sentinels: String,
+    /// The master's name in the sentinels' configuration.
+    pub redis_sentinel_master: String,
+    /// The sentinels' own password (their `requirepass`); empty: none.
+    pub redis_sentinel_password: Secret,
+    /// Behind Sentinel, replicas that must have an order update before it
+    /// is published (`WAIT`): 1 survives a master's crash; all of them
+    /// also a planned failover or a partition, but then one replica
+    /// down stops order updates.
+    pub redis_sentinel_wait_replicas: u32,
     /// Prefix of every Redis channel and key (the contract's default `rt:`).
     pub channel_prefix: String,
     /// Largest client frame accepted; larger ones close the socket (1009).
@@ -95,6 +108,13 @@ pub struct Config {
     pub redis_backoff_max_ms: u64,
     /// Timeout of one Redis connect or subscribe round trip.
     pub redis_timeout_ms: u64,
+    /// Every this often each Redis pub/sub link is sent a delivery probe
+    /// (a message on a channel of this node, published like any other);
+    /// 0 turns the probe off.
+    pub probe_interval_ms: u64,
+    /// A probe not back this long after Redis accepted its publish
+    /// reconnects its link (which is not ready meanwhile).
+    pub probe_timeout_ms: u64,
     /// How long an `order` waits for the order service's reply before the
     /// client gets `timeout`.
     pub order_timeout_ms: u64,
@@ -163,6 +183,10 @@ impl fmt::Debug for Config {
             node_id,
             redis_url,
             redis_cluster,
+            redis_sentinels,
+            redis_sentinel_master,
+            redis_sentinel_password,
+            redis_sentinel_wait_replicas,
             channel_prefix,
             max_frame_bytes,
             max_subscriptions,
@@ -184,6 +208,8 @@ impl fmt::Debug for Config {
             pubsub_connections,
             redis_backoff_max_ms,
             redis_timeout_ms,
+            probe_interval_ms,
+            probe_timeout_ms,
             order_timeout_ms,
             max_pending_orders,
             history_maxlen,
@@ -207,6 +233,10 @@ impl fmt::Debug for Config {
             .field("node_id", node_id)
             .field("redis_url", &redis_backplane::settings::redacted_url(redis_url))
             .field("redis_cluster", redis_cluster)
+            .field("redis_sentinels", redis_sentinels)
+            .field("redis_sentinel_master", redis_sentinel_master)
+            .field("redis_sentinel_password", redis_sentinel_password)
+            .field("redis_sentinel_wait_replicas", redis_sentinel_wait_replicas)
             .field("channel_prefix", channel_prefix)
             .field("max_frame_bytes", max_frame_bytes)
             .field("max_subscriptions", max_subscriptions)
@@ -228,6 +258,8 @@ impl fmt::Debug for Config {
             .field("pubsub_connections", pubsub_connections)
             .field("redis_backoff_max_ms", redis_backoff_max_ms)
             .field("redis_timeout_ms", redis_timeout_ms)
+            .field("probe_interval_ms", probe_interval_ms)
+            .field("probe_timeout_ms", probe_timeout_ms)
             .field("order_timeout_ms", order_timeout_ms)
             .field("max_pending_orders", max_pending_orders)
             .field("history_maxlen", history_maxlen)
@@ -256,6 +288,10 @@ impl Default for Config {
             node_id: String::new(),
             redis_url: String::new(),
             redis_cluster: false,
+            redis_sentinels: String::new(),
+            redis_sentinel_master: String::new(),
+            redis_sentinel_password: Secret::default(),
+            redis_sentinel_wait_replicas: 1,
             channel_prefix: "rt:".into(),
             max_frame_bytes: 64 * 1024,
             max_subscriptions: 1024,
@@ -277,6 +313,8 @@ impl Default for Config {
             pubsub_connections: 1,
             redis_backoff_max_ms: 5_000,
             redis_timeout_ms: 3_000,
+            probe_interval_ms: 3_000,
+            probe_timeout_ms: 5_000,
             order_timeout_ms: 5_000,
             max_pending_orders: 32,
             replay_limit: 10_000,
@@ -327,17 +365,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        // Empty without a cluster: the in-memory backplane.
-        if self.redis_cluster || !self.redis_url.is_empty() {
-            redis_backplane::settings::check_url(&self.redis_url, self.redis_cluster)
-                .map_err(|e| bad("redis_url", e))?;
-        }
+        // Empty without a cluster or Sentinel: the in-memory backplane.
+        self.redis_keys().check(false).map_err(|(key, e)| bad(key, e))?;
         redis_backplane::settings::check_prefix(&self.channel_prefix, self.redis_cluster)
             .map_err(|e| bad("channel_prefix", e))?;
         if self.node_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
             return Err(bad("node_id", "may only contain A-Z a-z 0-9 - _ .".into()));
         }
-        let ranges: [(&'static str, u64, u64, u64); 23] = [
+        let ranges: [(&'static str, u64, u64, u64); 24] = [
             ("max_pending_per_ip", self.max_pending_per_ip as u64, 0, 10_000_000),
             ("request_timeout_ms", self.request_timeout_ms, 10, 3_600_000),
             ("history_maxlen", self.history_maxlen as u64, 1, 100_000_000),
@@ -366,11 +401,17 @@ impl Config {
             ),
             ("ws_write_buffer_bytes", self.ws_write_buffer_bytes as u64, 0, 16 << 20),
             ("redis_timeout_ms", self.redis_timeout_ms, 10, 600_000),
+            ("probe_timeout_ms", self.probe_timeout_ms, 50, 600_000),
         ];
         for (key, value, min, max) in ranges {
             if value < min || value > max {
                 return Err(bad(key, format!("{value} is outside {min}..={max}")));
             }
+        }
+        if self.probe_interval_ms != 0 && !(50..=3_600_000).contains(&self.probe_interval_ms) {
+            let reason =
+                format!("{} is outside 50..=3600000 (0 turns the probe off)", self.probe_interval_ms);
+            return Err(bad("probe_interval_ms", reason));
         }
         if self.redis_backoff_max_ms < 10 {
             return Err(bad("redis_backoff_max_ms", "must be at least 10".into()));
@@ -396,7 +437,7 @@ impl Config {
     /// Whether this node runs the publisher's producers in process.
     pub fn demo_enabled(&self) -> bool {
         match self.demo {
-            Switch::Auto => self.redis_url.is_empty(),
+            Switch::Auto => !self.uses_redis(),
             Switch::On => true,
             Switch::Off => false,
         }
@@ -417,6 +458,27 @@ impl Config {
             log_format: self.log_format,
             quote_ratio: self.trace_quote_ratio,
             order_ratio: self.trace_order_ratio,
+        }
+    }
+
+    /// Whether the backplane is Redis (else the in-memory one).
+    pub fn uses_redis(&self) -> bool {
+        !self.redis_url.is_empty() || self.sentinel().is_some()
+    }
+
+    /// The Sentinel keys, when the master is found through Sentinel.
+    pub fn sentinel(&self) -> Option<redis_backplane::SentinelConfig<'_>> {
+        self.redis_keys().sentinel()
+    }
+
+    fn redis_keys(&self) -> redis_backplane::settings::RedisKeys<'_> {
+        redis_backplane::settings::RedisKeys {
+            url: &self.redis_url,
+            cluster: self.redis_cluster,
+            sentinels: &self.redis_sentinels,
+            sentinel_master: &self.redis_sentinel_master,
+            sentinel_password: self.redis_sentinel_password.expose(),
+            sentinel_wait_replicas: self.redis_sentinel_wait_replicas,
         }
     }
 
@@ -449,6 +511,13 @@ impl Config {
     }
     pub fn order_timeout(&self) -> Duration {
         Duration::from_millis(self.order_timeout_ms)
+    }
+    /// Zero when the probe is off.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
     }
     pub fn redis_backoff_max(&self) -> Duration {
         Duration::from_millis(self.redis_backoff_max_ms)
@@ -519,6 +588,8 @@ mod tests {
             ("GATEWAY_LOG_FORMAT", "xml", "log_format"),
             ("GATEWAY_TRACE_QUOTE_RATIO", "1.5", "trace_quote_ratio"),
             ("GATEWAY_TRACE_ORDER_RATIO", "-0.1", "trace_order_ratio"),
+            ("GATEWAY_PROBE_INTERVAL_MS", "10", "probe_interval_ms"),
+            ("GATEWAY_PROBE_TIMEOUT_MS", "0", "probe_timeout_ms"),
         ];
         for (k, v, key) in cases {
             let err = Config::load_from(None, env(&[(k, v)])).unwrap_err().to_string();
@@ -559,6 +630,30 @@ mod tests {
             let vars = env(&[("GATEWAY_REDIS_CLUSTER", "true"), ("GATEWAY_REDIS_URL", url)]);
             let err = Config::load_from(None, vars).unwrap_err().to_string();
             assert!(err.contains("redis_url") && err.contains("seed"), "{url:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sentinel_keys_are_checked() {
+        let vars = env(&[
+            ("GATEWAY_REDIS_SENTINELS", "127.0.0.1:26379,127.0.0.1:26380"),
+            ("GATEWAY_REDIS_SENTINEL_MASTER", "mymaster"),
+            ("GATEWAY_REDIS_SENTINEL_PASSWORD", "s3cret"),
+        ]);
+        let cfg = Config::load_from(None, vars).unwrap();
+        assert!(cfg.uses_redis() && !cfg.demo_enabled());
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        for (k, v, key) in [
+            ("GATEWAY_REDIS_SENTINELS", "127.0.0.1", "redis_sentinels"),
+            ("GATEWAY_REDIS_SENTINEL_MASTER", "", "redis_sentinel_master"),
+            ("GATEWAY_REDIS_CLUSTER", "true", "redis_sentinels"),
+            ("GATEWAY_REDIS_SENTINEL_WAIT_REPLICAS", "65", "redis_sentinel_wait_replicas"),
+            ("GATEWAY_REDIS_URL", "unix:///tmp/r.sock", "redis_url"),
+        ] {
+            let mut vars = env(&[("GATEWAY_REDIS_SENTINELS", "a:1"), ("GATEWAY_REDIS_SENTINEL_MASTER", "m")]);
+            vars.push((k.to_string(), v.to_string()));
+            let err = Config::load_from(None, vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
         }
     }
 

@@ -92,8 +92,7 @@ pub fn serve(
             conn: id,
             topics: HashMap::new(),
             outbox: Arc::clone(&outbox),
-            hub: Arc::clone(&node.hub),
-            broker: Arc::clone(&node.broker),
+            lifecycle: Arc::clone(&node.topics),
             metrics: Arc::clone(&node.metrics),
         },
         outbox,
@@ -313,9 +312,8 @@ impl Connection {
                 // Rare paths are boxed, so every idle connection's task does
                 // not carry their state (memory per connection).
                 Admit::Gap { after } => {
-                    match Box::pin(self.fill_gap(&delivery.topic, after, delivery.seq)).await {
-                        Ok(n) => sent += n,
-                        Err(()) => failed = true,
+                    if Box::pin(self.missed(&delivery.topic, after, delivery.seq)).await.is_err() {
+                        failed = true;
                     }
                 }
             }
@@ -536,12 +534,10 @@ impl Connection {
                 format!("at most {} subscriptions per connection", self.node.config.max_subscriptions);
             return self.refuse(ErrorCode::TooManySubscriptions, &message, Some(topic.as_str())).await;
         }
-        // Into the hub first, so nothing published after the backplane
-        // confirms can slip past this connection.
-        self.subs.add(topic.clone());
-        if let Err(e) = self.node.broker.subscribe(&topic).await {
+        // Into the hub before the backplane confirms, so nothing
+        // published after it can slip past this connection.
+        if let Err(e) = self.subs.add(topic.clone()).await {
             tracing::debug!(%topic, error = %e, "backplane subscribe failed");
-            self.subs.remove(topic.as_str());
             return self.refuse(ErrorCode::BackplaneUnavailable, &e.to_string(), Some(topic.as_str())).await;
         }
         if let Some(end) = self.reply(wire::server::subscribed(topic.as_str())).await {

@@ -42,6 +42,10 @@ pub fn publisher_config(config: &Config, node_id: &str) -> publisher::Config {
     publisher::Config {
         redis_url: if config.redis_url.is_empty() { defaults.redis_url } else { config.redis_url.clone() },
         redis_cluster: config.redis_cluster,
+        redis_sentinels: config.redis_sentinels.clone(),
+        redis_sentinel_master: config.redis_sentinel_master.clone(),
+        redis_sentinel_password: config.redis_sentinel_password.clone(),
+        redis_sentinel_wait_replicas: config.redis_sentinel_wait_replicas,
         channel_prefix: config.channel_prefix.clone(),
         symbols: config.demo_symbols.join(","),
         symbol_count: 20,

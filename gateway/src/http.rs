@@ -18,6 +18,7 @@ use service::telemetry::trace;
 use tracing::{Instrument, Span};
 use wire::ErrorCode;
 
+use crate::broker::Publish;
 use crate::node::Node;
 
 pub async fn healthz() -> &'static str {
@@ -116,7 +117,12 @@ pub async fn publish(
     let traceparent = trace::hand_on(span.as_ref(), incoming);
     let published = node
         .broker
-        .publish(&req.topic, req.data.get(), traceparent.as_deref(), req.id.as_deref())
+        .publish(Publish {
+            topic: &req.topic,
+            data_json: req.data.get(),
+            traceparent: traceparent.as_deref(),
+            id: req.id.as_deref(),
+        })
         .instrument(span.unwrap_or_else(Span::none))
         .await;
     match published {

@@ -8,11 +8,12 @@
 //! delivers; adding or removing a subscriber costs the same for a topic
 //! of one and of 100,000 ([`crate::subscribers`]).
 //!
-//! The hub knows nothing of Redis; the broker feeds it envelopes through
-//! [`Hub::ingest`] and asks it [`Hub::has_subscribers`] before releasing
-//! a backplane subscription.
+//! The hub knows nothing of Redis: the node's inbound side
+//! ([`crate::inbound`]) hands it what the broker received ([`Hub::parse`],
+//! [`Hub::fan_out`]), and the node's topic lifecycle ([`crate::topics`])
+//! turns its first / last answers into backplane subscribes and releases.
 //!
-//! [`Hub::ingest`] is also where a message's latency is measured (from its
+//! [`Hub::fan_out`] is also where a message's latency is measured (from its
 //! `ts`, and the fan-out itself; every order update, one feed message in
 //! [`TIMED_EVERY`]) and where its trace continues: when the
 //! envelope's `traceparent` is sampled, or the node's own quote / order
@@ -187,6 +188,15 @@ impl Hub {
     /// client frame once, fan it out. Malformed envelopes are counted and
     /// skipped (logged the first time and every 1000th after).
     pub fn ingest(&self, topic: &str, payload: &[u8]) -> usize {
+        match self.parse(topic, payload) {
+            Some((topic, env)) => self.fan_out(topic, &env, true),
+            None => 0,
+        }
+    }
+
+    /// Parses one envelope received on `topic`'s channel; a malformed one
+    /// is counted and skipped (logged the first time and every 1000th).
+    pub(crate) fn parse<'a>(&self, topic: &str, payload: &'a [u8]) -> Option<(Topic, Envelope<'a>)> {
         self.metrics.backplane_messages.inc();
         let env = match Envelope::parse(payload, Some(topic)) {
             Ok(env) => env,
@@ -196,16 +206,23 @@ impl Hub {
                 if n.is_multiple_of(1000) {
                     tracing::warn!(topic, error = %e, seen = n + 1, "skipping malformed envelope");
                 }
-                return 0;
+                return None;
             }
         };
         // The envelope's topic equals `topic`, which was validated by parse.
-        let Ok(topic) = Topic::parse(topic) else {
-            return 0;
-        };
+        let topic = Topic::parse(topic).ok()?;
+        Some((topic, env))
+    }
+
+    /// Builds `env`'s client frame once and delivers it to every local
+    /// subscriber of `topic`; returns how many queues took it. `live`:
+    /// it came from the backplane now (its latency is measured), not
+    /// from history (a gap being filled).
+    pub(crate) fn fan_out(&self, topic: Topic, env: &Envelope<'_>, live: bool) -> usize {
         let family = topic.family();
         let n = self.ingested.fetch_add(1, Ordering::Relaxed);
-        let arrived = (family == TopicFamily::Orders || n.is_multiple_of(TIMED_EVERY)).then(|| {
+        let timed = live && (family == TopicFamily::Orders || n.is_multiple_of(TIMED_EVERY));
+        let arrived = timed.then(|| {
             let late_ms = wire::now_ms().saturating_sub(env.ts);
             self.metrics.publish_latency.get(family).observe(late_ms as f64 / 1000.0);
             Instant::now()

@@ -152,6 +152,12 @@ pub struct Metrics {
     /// Per link: subscriptions restored in one go (after a reconnect, a
     /// failover or a slot move).
     pub backplane_shard_resubscribes: Family<ShardLabel, Counter>,
+    /// Per link: delivery probes that did not come back in time, each of
+    /// which reconnected the link.
+    pub backplane_probe_failures: Family<ShardLabel, Counter>,
+    /// Per link: delivery probes that could not be published (the command
+    /// path's trouble; no verdict on the link).
+    pub backplane_probe_errors: Family<ShardLabel, Counter>,
     /// Frames written to client sockets.
     pub frames_sent: Counter,
     /// Socket writes (flushes); frames_sent / socket_writes is the batching.
@@ -260,6 +266,16 @@ impl Metrics {
             "backplane_shard_resubscribes",
             "Backplane subscriptions restored after a loss or a move, by shard",
             m.backplane_shard_resubscribes.clone(),
+        );
+        registry.register(
+            "backplane_probe_failures",
+            "Delivery probes not back in time (the link was reconnected), by shard",
+            m.backplane_probe_failures.clone(),
+        );
+        registry.register(
+            "backplane_probe_errors",
+            "Delivery probes that could not be published, by shard",
+            m.backplane_probe_errors.clone(),
         );
         registry.register("frames_sent", "Frames written to client sockets", m.frames_sent.clone());
         registry.register("socket_writes", "Batched socket writes", m.socket_writes.clone());

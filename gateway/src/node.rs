@@ -1,7 +1,8 @@
 //! The node: everything one gateway process shares between its
-//! connections (config, hub, broker, metrics, the shutdown signal) and
-//! the admission of new connections, counted from accept: every TCP
-//! connection holds an [`Admission`] for its whole life, WebSocket or not.
+//! connections (config, broker, the topic lifecycle (and through it the hub), metrics, the
+//! shutdown signal) and the admission of new connections, counted from
+//! accept: every TCP connection holds an [`Admission`] for its whole life,
+//! WebSocket or not.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,9 +17,10 @@ use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::demo::Tokens;
-use crate::hub::{ConnId, Hub};
+use crate::hub::ConnId;
 use crate::metrics::Metrics;
 use crate::requests::Requests;
+use crate::topics::Topics;
 
 /// Open files kept free for Redis, HTTP probes and logs when the
 /// connection limit is derived from the open-file limit (at most a
@@ -29,8 +31,10 @@ pub struct Node {
     pub config: Config,
     /// Sent in `welcome`; names this node's reply channel.
     pub id: String,
-    pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
+    /// Joins and leaves topics: the hub's first / last answers drive the
+    /// broker's subscriptions.
+    pub topics: Arc<Topics>,
     /// Order requests waiting for their reply.
     pub requests: Arc<Requests>,
     /// Token checks and topic permissions.
@@ -66,8 +70,8 @@ struct PerIp {
 pub struct NodeParts {
     pub config: Config,
     pub id: String,
-    pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
+    pub topics: Arc<Topics>,
     pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
     pub tokens: Option<Tokens>,
@@ -133,7 +137,7 @@ impl Refused {
 
 impl Node {
     pub fn new(parts: NodeParts, shutdown: CancellationToken) -> Self {
-        let NodeParts { config, id, hub, broker, requests, metrics, tokens } = parts;
+        let NodeParts { config, id, broker, topics, requests, metrics, tokens } = parts;
         let max_connections = match config.max_connections {
             0 => {
                 let files = open_file_limit();
@@ -152,8 +156,8 @@ impl Node {
             tokens,
             config,
             id,
-            hub,
             broker,
+            topics,
             requests,
             metrics,
             shutdown,

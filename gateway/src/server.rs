@@ -18,16 +18,18 @@ use publisher::Engine;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::redis_cluster::RedisClusterBroker;
+use crate::broker::{Broker, Sink, Wiring};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::inbound::Inbound;
 use crate::listener::{self, AdmissionSlot};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeParts, Refused};
 use crate::requests::Requests;
+use crate::topics::Topics;
 use crate::{connection, demo, http, page, ws};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,40 +70,35 @@ pub fn build_node(
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(Arc::clone(&metrics), &id));
     let requests = Arc::new(Requests::default());
+    // What the broker receives goes here: the hub, the requests, the gap fill.
+    let inbound =
+        Inbound::new(Arc::clone(&hub), Arc::clone(&requests), Arc::clone(&metrics), config.replay_limit);
+    let sink: Arc<dyn Sink> = Arc::clone(&inbound) as Arc<dyn Sink>;
     let mut engine = None;
-    let broker: Arc<dyn Broker> = if config.redis_url.is_empty() {
+    let broker: Arc<dyn Broker> = if !config.uses_redis() {
         if config.demo_enabled() {
             let (orders, desk) = demo::order_desk(&requests);
-            let memory = Arc::new(MemoryBroker::new(Arc::clone(&hub), Some(orders)));
+            let memory = Arc::new(MemoryBroker::new(sink, Some(orders)));
             let publisher = demo::publisher_config(&config, &id);
             engine = Some(demo::start_in_memory(publisher, Arc::clone(&memory), desk));
             memory
         } else {
-            Arc::new(MemoryBroker::new(Arc::clone(&hub), None))
+            Arc::new(MemoryBroker::new(sink, None))
         }
-    } else if config.redis_cluster {
-        Arc::new(RedisClusterBroker::start(
-            &config,
-            &id,
-            Arc::clone(&hub),
-            Arc::clone(&requests),
-            Arc::clone(&metrics),
-            stop,
-        )?)
     } else {
-        Arc::new(RedisBroker::start(
-            &config,
-            &id,
-            Arc::clone(&hub),
-            Arc::clone(&requests),
-            Arc::clone(&metrics),
-            stop,
-        )?)
+        let wiring = Wiring { node_id: &id, sink, metrics: Arc::clone(&metrics), shutdown: stop };
+        if config.redis_cluster {
+            Arc::new(RedisClusterBroker::start(&config, wiring)?)
+        } else {
+            Arc::new(RedisBroker::start(&config, wiring)?)
+        }
     };
     if engine.is_none() && config.demo_enabled() {
         engine = Some(demo::start_on_redis(demo::publisher_config(&config, &id))?);
     }
-    let parts = NodeParts { config, id, hub, broker, requests, metrics, tokens };
+    inbound.attach(&broker);
+    let topics = Arc::new(Topics::new(hub, Arc::clone(&broker), inbound));
+    let parts = NodeParts { config, id, broker, topics, requests, metrics, tokens };
     Ok((Arc::new(Node::new(parts, drain)), engine))
 }
 

@@ -50,33 +50,6 @@ async fn since_replays_what_was_missed_on_the_memory_backplane() {
     c.expect_silence(Duration::from_millis(100)).await;
 }
 
-/// Publishes `orders` updates like the publisher does: seq from INCR, the
-/// history entry and the PUBLISH in one transaction.
-async fn publish_order_update(
-    conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-    topic: &str,
-) -> u64 {
-    let seq: u64 = redis::cmd("INCR").arg(keys::seq_counter(prefix, topic)).query_async(conn).await.unwrap();
-    let env = envelope(topic, seq, &format!(r#"{{"update":{seq}}}"#));
-    let _: () = redis::pipe()
-        .atomic()
-        .cmd("XADD")
-        .arg(keys::history(prefix, topic))
-        .arg(keys::history_id(seq))
-        .arg(keys::HISTORY_FIELD)
-        .arg(&env)
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(keys::channel(prefix, topic))
-        .arg(&env)
-        .ignore()
-        .query_async(conn)
-        .await
-        .unwrap();
-    seq
-}
-
 #[tokio::test]
 async fn resubscribe_with_since_misses_nothing_while_publishing_runs() {
     let server = TestRedis::get().await;

@@ -213,6 +213,8 @@ async fn stalled_order_reader_is_closed_4001_and_others_keep_flowing() {
     let prefix = unique_prefix();
     let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
     let gw = TestGateway::start(config).await;
+    // Subscribed before the link is up, a topic is only recorded: the flood's start would be missed.
+    assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 1.0).await, 1.0);
     let mut fast = gw.client().await;
     fast.subscribe("orders.FLOOD").await;
     let mut stalled = gw.client().await;
@@ -246,6 +248,8 @@ async fn stalled_quote_reader_gets_conflated_latest_values() {
     let prefix = unique_prefix();
     let config = gateway::Config { outbound_queue: 256, ..redis_config(&server.url(), &prefix) };
     let gw = TestGateway::start(config).await;
+    // Subscribed before the link is up, a topic is only recorded: the flood's start would be missed.
+    assert_eq!(gw.wait_metric("gateway_backplane_up", |v| v == 1.0).await, 1.0);
     let mut fast = gw.client().await;
     fast.subscribe("quotes.FLOOD").await;
     let mut stalled = gw.client().await;
@@ -315,7 +319,14 @@ async fn topics_spread_over_several_pubsub_connections() {
         .collect();
     assert_eq!(subs.len(), 4, "{list}");
     assert!(subs.iter().all(|n| *n > 0), "every connection carries topics: {subs:?}");
-    assert_eq!(subs.iter().sum::<u32>(), 21, "20 topics and the reply channel, each once");
+    assert_eq!(
+        subs.iter().sum::<u32>(),
+        25,
+        "20 topics, the reply channel and a delivery probe channel per connection, each once"
+    );
+    let probes: Vec<String> =
+        redis::cmd("PUBSUB").arg("CHANNELS").arg("rt:@probe:*").query_async(&mut conn).await.unwrap();
+    assert_eq!(probes.len(), 4, "{probes:?}");
     for (i, t) in topics.iter().enumerate() {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(format!("rt:{t}"))

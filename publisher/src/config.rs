@@ -38,6 +38,19 @@ pub struct Config {
     /// The backplane is a Redis Cluster (Redis 7+): messages are published
     /// with SPUBLISH (sharded pub/sub), as the gateways then subscribe.
     pub redis_cluster: bool,
+    /// Redis Sentinel: `host:port` of each sentinel, comma-separated
+    /// (asked in this order); the master is the one they name, and
+    /// `redis_url` then gives only scheme, user, password and database.
+    pub redis_sentinels: String,
+    /// The master's name in the sentinels' configuration.
+    pub redis_sentinel_master: String,
+    /// The sentinels' own password (their `requirepass`); empty: none.
+    pub redis_sentinel_password: Secret,
+    /// Behind Sentinel, replicas that must have an order update before it
+    /// is published (`WAIT`): 1 survives a master's crash; all of them
+    /// also a planned failover or a partition, but then one replica
+    /// down stops order updates.
+    pub redis_sentinel_wait_replicas: u32,
     /// Prefix of every Redis channel and key (the contract's default `rt:`).
     pub channel_prefix: String,
     /// Comma-separated symbols to quote and trade; empty means
@@ -105,6 +118,10 @@ impl fmt::Debug for Config {
             listen,
             redis_url,
             redis_cluster,
+            redis_sentinels,
+            redis_sentinel_master,
+            redis_sentinel_password,
+            redis_sentinel_wait_replicas,
             channel_prefix,
             symbols,
             symbol_count,
@@ -134,6 +151,10 @@ impl fmt::Debug for Config {
             .field("listen", listen)
             .field("redis_url", &redis_backplane::settings::redacted_url(redis_url))
             .field("redis_cluster", redis_cluster)
+            .field("redis_sentinels", redis_sentinels)
+            .field("redis_sentinel_master", redis_sentinel_master)
+            .field("redis_sentinel_password", redis_sentinel_password)
+            .field("redis_sentinel_wait_replicas", redis_sentinel_wait_replicas)
             .field("channel_prefix", channel_prefix)
             .field("symbols", symbols)
             .field("symbol_count", symbol_count)
@@ -168,6 +189,10 @@ impl Default for Config {
             listen: "0.0.0.0:8090".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_cluster: false,
+            redis_sentinels: String::new(),
+            redis_sentinel_master: String::new(),
+            redis_sentinel_password: Secret::default(),
+            redis_sentinel_wait_replicas: 1,
             channel_prefix: "rt:".into(),
             symbols: String::new(),
             symbol_count: 100,
@@ -219,8 +244,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| ConfigError::invalid(ENV_PREFIX, key, reason);
         self.listen_addr().map_err(|e| bad("listen", e))?;
-        redis_backplane::settings::check_url(&self.redis_url, self.redis_cluster)
-            .map_err(|e| bad("redis_url", e))?;
+        self.redis_keys().check(true).map_err(|(key, e)| bad(key, e))?;
         redis_backplane::settings::check_prefix(&self.channel_prefix, self.redis_cluster)
             .map_err(|e| bad("channel_prefix", e))?;
         if self.replica_id.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(c))) {
@@ -278,6 +302,22 @@ impl Config {
             log_format: self.log_format,
             quote_ratio: self.trace_quote_ratio,
             order_ratio: self.trace_order_ratio,
+        }
+    }
+
+    /// The Sentinel keys, when the master is found through Sentinel.
+    pub fn sentinel(&self) -> Option<redis_backplane::SentinelConfig<'_>> {
+        self.redis_keys().sentinel()
+    }
+
+    fn redis_keys(&self) -> redis_backplane::settings::RedisKeys<'_> {
+        redis_backplane::settings::RedisKeys {
+            url: &self.redis_url,
+            cluster: self.redis_cluster,
+            sentinels: &self.redis_sentinels,
+            sentinel_master: &self.redis_sentinel_master,
+            sentinel_password: self.redis_sentinel_password.expose(),
+            sentinel_wait_replicas: self.redis_sentinel_wait_replicas,
         }
     }
 
@@ -379,7 +419,7 @@ mod tests {
             let env = format!("# env {ENV_PREFIX}_{}", key.to_uppercase());
             assert!(text.contains(&env), "{key} lacks its env var comment");
         }
-        assert_eq!(table.len(), 27, "every key of Config is in the example");
+        assert_eq!(table.len(), 31, "every key of Config is in the example");
     }
 
     #[test]
@@ -428,6 +468,31 @@ mod tests {
             ]);
             let err = Config::load_from(None, vars).unwrap_err().to_string();
             assert!(err.contains(key), "{url} {prefix}: {err}");
+        }
+    }
+
+    #[test]
+    fn sentinel_keys_are_checked() {
+        let vars = env(&[
+            ("PUBLISHER_REDIS_SENTINELS", "127.0.0.1:26379, 127.0.0.1:26380"),
+            ("PUBLISHER_REDIS_SENTINEL_MASTER", "mymaster"),
+            ("PUBLISHER_REDIS_SENTINEL_PASSWORD", "s3cret"),
+            ("PUBLISHER_REDIS_URL", ""),
+        ]);
+        let cfg = Config::load_from(None, vars).unwrap();
+        assert_eq!(cfg.sentinel().map(|s| s.master), Some("mymaster"));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        for (k, v, key) in [
+            ("PUBLISHER_REDIS_SENTINELS", "nohost", "redis_sentinels"),
+            ("PUBLISHER_REDIS_SENTINEL_MASTER", "", "redis_sentinel_master"),
+            ("PUBLISHER_REDIS_CLUSTER", "true", "redis_sentinels"),
+            ("PUBLISHER_REDIS_SENTINEL_WAIT_REPLICAS", "0", "redis_sentinel_wait_replicas"),
+        ] {
+            let mut vars =
+                env(&[("PUBLISHER_REDIS_SENTINELS", "a:1"), ("PUBLISHER_REDIS_SENTINEL_MASTER", "m")]);
+            vars.push((k.to_string(), v.to_string()));
+            let err = Config::load_from(None, vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
         }
     }
 

@@ -1,6 +1,7 @@
-//! The publisher's link to Redis: a pool of connections to one server, or
-//! one connection to a Redis Cluster (`redis_cluster`), behind one
-//! connection type, so every task runs the same commands either way.
+//! The publisher's link to Redis: a pool of connections to one server
+//! (fixed, or the master Redis Sentinel names at each connect), or one
+//! connection to a Redis Cluster (`redis_cluster`), behind one connection
+//! type, so every task runs the same commands either way.
 //!
 //! The cluster connection is multiplexed (one link per cluster node,
 //! routed by key) and shared by the feed, the update writer and the HTTP
@@ -15,13 +16,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use futures_util::future::{join_all, try_join_all};
 use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis_backplane::Pool;
 use tokio::sync::OnceCell;
 use tokio::time::timeout;
 
@@ -31,7 +32,7 @@ use crate::config::Config;
 /// A connection taken from the link: pooled (one server) or a handle on
 /// the cluster connection.
 pub enum Conn {
-    Single(deadpool_redis::Connection),
+    Single(redis_backplane::pool::Connection),
     Cluster(ClusterConnection),
 }
 
@@ -88,7 +89,8 @@ impl Link {
                 timeout: config.redis_timeout(),
             })))
         } else {
-            Ok(Link::Single(pool(&config.redis_url, config.redis_timeout(), 16)?))
+            let target = target(&config.redis_url, config.sentinel(), config.redis_timeout())?;
+            Ok(Link::Single(pool_to(target, config.redis_timeout(), 16)?))
         }
     }
 
@@ -174,9 +176,23 @@ pub async fn run_by_slot(conn: &ClusterConnection, cmds: Vec<(u16, Cmd)>) -> Res
     Ok(replies)
 }
 
-/// A connection pool whose commands fail after `timeout` instead of
-/// hanging on a Redis that went away (built by `redis_backplane::pool`).
+/// A connection pool to the server at `url` whose commands fail after
+/// `timeout` instead of hanging on a Redis that went away.
 pub fn pool(url: &str, timeout: Duration, size: usize) -> Result<Pool, WriteError> {
+    pool_to(target(url, None, timeout)?, timeout, size)
+}
+
+fn target(
+    url: &str,
+    sentinel: Option<redis_backplane::SentinelConfig<'_>>,
+    timeout: Duration,
+) -> Result<redis_backplane::Target, WriteError> {
+    redis_backplane::Target::open(url, sentinel, timeout)
+        .map_err(|e| WriteError::Pool(format!("invalid redis_url: {e}")))
+}
+
+/// A pool to `target` (built by `redis_backplane::pool`).
+fn pool_to(target: redis_backplane::Target, timeout: Duration, size: usize) -> Result<Pool, WriteError> {
     let options = redis_backplane::PoolOptions { size, timeout, command_timeout: Some(timeout) };
-    redis_backplane::pool(url, options).map_err(|e| WriteError::Pool(e.to_string()))
+    redis_backplane::pool(target, options).map_err(|e| WriteError::Pool(e.to_string()))
 }

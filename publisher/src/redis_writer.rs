@@ -16,17 +16,25 @@
 //!   a dedupe marker, so a retry after an ambiguous failure returns the
 //!   original `seq` instead of writing the update twice.
 //!
+//! Behind Redis Sentinel (replication is asynchronous, a failover can
+//! lose the master's last writes) two more rules keep a `seq` from ever
+//! naming two different updates (docs/design.md, "Redis Sentinel"):
+//! order updates are published only once a replica has them
+//! (`redis_backplane::scripts`), and every call passes the topic's floor,
+//! the highest `seq` this writer may have handed out there ([`Floors`]).
+//!
 //! Every key a script touches carries the topic's channel as its
 //! `{hash tag}`, so each call, its publish included, stays within one
 //! Redis Cluster slot. On a cluster the scripts publish with SPUBLISH and
 //! pipelines are split by slot (`redis_link`); on one server everything
 //! goes in one pipeline, as before.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use deadpool_redis::Pool;
 use redis::{Cmd, Pipeline, Value};
-use redis_backplane::scripts::{self, PublishCommand, Scripts};
+use redis_backplane::Pool;
+use redis_backplane::scripts::{self, PublishCommand, Scripts, Update, UpdateError};
 use wire::keys;
 
 use crate::backplane::{Backplane, BoxFuture, OrderUpdate, TopicBatch, WriteError, Written};
@@ -46,11 +54,50 @@ pub struct RedisWriter {
     /// from the pool costs a PING (deadpool's recycle check), which would
     /// double the feed's round trips.
     kept: Mutex<Option<Conn>>,
+    /// Behind Sentinel: the floor of each topic this writer wrote.
+    floors: Option<Floors>,
+}
+
+/// Per topic, the highest `seq` this writer may have handed out: every
+/// `seq` a call returned, and for a quote call that failed (it may have
+/// run and published before the master died) as many more as it asked
+/// for. The scripts never hand out a `seq` at or below it, so a counter
+/// a failover set back cannot give a delivered `seq` to other quotes.
+/// Order updates count only what was published (after a replica had it):
+/// an unpublished `seq` lost in a failover is handed to the same update
+/// again when it is retried.
+#[derive(Default)]
+pub struct Floors(Mutex<HashMap<String, u64>>);
+
+impl Floors {
+    fn get(&self, topic: &str) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(topic).copied().unwrap_or(0)
+    }
+
+    fn raise(&self, topic: &str, seq: u64) {
+        let mut floors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let floor = floors.entry(topic.to_owned()).or_default();
+        *floor = (*floor).max(seq);
+    }
+
+    fn add(&self, topic: &str, n: u64) {
+        let mut floors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let floor = floors.entry(topic.to_owned()).or_default();
+        *floor = floor.saturating_add(n);
+    }
 }
 
 impl RedisWriter {
     pub fn new(config: &Config) -> Result<Self, WriteError> {
-        Ok(Self::with_link(Link::open(config)?, config.channel_prefix.clone(), config.history_maxlen))
+        let mut writer =
+            Self::with_link(Link::open(config)?, config.channel_prefix.clone(), config.history_maxlen);
+        if let Some(sentinel) = config.sentinel() {
+            // WAIT ends well within the command timeout.
+            let wait = (config.redis_timeout() / 2).as_millis() as u64;
+            writer.scripts = writer.scripts.replicated(sentinel.wait_replicas, wait);
+            writer.floors = Some(Floors::default());
+        }
+        Ok(writer)
     }
 
     /// A writer on one server through `pool`.
@@ -60,7 +107,12 @@ impl RedisWriter {
 
     fn with_link(link: Link, prefix: String, history_maxlen: u64) -> Self {
         let publish = PublishCommand::for_cluster(matches!(link, Link::Cluster(_)));
-        RedisWriter { link, scripts: Scripts::new(&prefix, publish, history_maxlen), kept: Mutex::new(None) }
+        RedisWriter {
+            link,
+            scripts: Scripts::new(&prefix, publish, history_maxlen),
+            kept: Mutex::new(None),
+            floors: None,
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -85,15 +137,29 @@ impl RedisWriter {
         batches: &[TopicBatch],
     ) -> Result<Vec<u64>, WriteError> {
         let mut calls = Vec::new();
-        for b in batches.iter().filter(|b| !b.tails.is_empty()) {
-            let cmd = self.scripts.batch(&b.topic, &b.head, b.store_last, &b.tails);
+        let written: Vec<&TopicBatch> = batches.iter().filter(|b| !b.tails.is_empty()).collect();
+        for b in &written {
+            let floor = self.floors.as_ref().map_or(0, |f| f.get(&b.topic));
+            let cmd = self.scripts.batch(&b.topic, &b.head, b.store_last, floor, &b.tails);
             calls.push((self.scripts.slot(&b.topic), cmd));
         }
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        let values = self.run(conn, calls).await?;
-        values.iter().map(|v| scripts::as_u64(v).ok_or_else(|| WriteError::Reply(format!("{v:?}")))).collect()
+        let seqs: Result<Vec<u64>, WriteError> = match self.run(conn, calls).await {
+            Ok(values) => values
+                .iter()
+                .map(|v| scripts::as_u64(v).ok_or_else(|| WriteError::Reply(format!("{v:?}"))))
+                .collect(),
+            Err(e) => Err(e),
+        };
+        if let Some(floors) = &self.floors {
+            match &seqs {
+                Ok(seqs) => written.iter().zip(seqs).for_each(|(b, seq)| floors.raise(&b.topic, *seq)),
+                Err(_) => written.iter().for_each(|b| floors.add(&b.topic, b.tails.len() as u64)),
+            }
+        }
+        seqs
     }
 
     /// Writes order updates in one pipeline, in order. Safe to repeat with
@@ -103,6 +169,9 @@ impl RedisWriter {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
+        if let Conn::Single(c) = &mut conn {
+            return self.write_updates_on(c, updates).await;
+        }
         let mut calls = Vec::with_capacity(updates.len());
         for u in updates {
             let topic = u.topic.as_str();
@@ -117,6 +186,33 @@ impl RedisWriter {
                 None => Err(WriteError::Reply(format!("{v:?}"))),
             })
             .collect()
+    }
+
+    /// [`RedisWriter::write_updates`] on one server (fixed or Sentinel's).
+    async fn write_updates_on(
+        &self,
+        conn: &mut redis_backplane::pool::Connection,
+        updates: &[OrderUpdate],
+    ) -> Result<Vec<Written>, WriteError> {
+        let floor = |topic: &str| self.floors.as_ref().map_or(0, |f| f.get(topic));
+        let calls: Vec<Update<'_>> = updates
+            .iter()
+            .map(|u| Update {
+                topic: u.topic.as_str(),
+                id: &u.id,
+                head: &u.head,
+                tail: &u.tail,
+                floor: floor(u.topic.as_str()),
+            })
+            .collect();
+        let written = self.scripts.write_updates(&mut **conn, &calls).await.map_err(|e| match e {
+            UpdateError::Redis(e) => WriteError::Redis(e),
+            other => WriteError::Reply(other.to_string()),
+        })?;
+        if let Some(floors) = &self.floors {
+            updates.iter().zip(&written).for_each(|(u, (seq, _))| floors.raise(u.topic.as_str(), *seq));
+        }
+        Ok(written.into_iter().map(|(seq, duplicate)| Written { seq, duplicate }).collect())
     }
 
     /// Sends order replies (JSON on each asking node's reply channel),
@@ -141,7 +237,7 @@ impl RedisWriter {
                     pipe.cmd(self.scripts.command().as_str()).arg(channel).arg(json).ignore();
                 }
                 pipe.add_command(ack).ignore();
-                pipe.query_async::<()>(c).await?;
+                pipe.query_async::<()>(&mut **c).await?;
             }
             Conn::Cluster(c) => {
                 let sends = replies
@@ -179,7 +275,7 @@ impl RedisWriter {
                 for (_, cmd) in calls {
                     pipe.add_command(cmd.clone());
                 }
-                Ok(pipe.query_async::<Vec<Value>>(c).await?)
+                Ok(pipe.query_async::<Vec<Value>>(&mut **c).await?)
             }
             Conn::Cluster(c) => redis_link::run_by_slot(c, calls.to_vec()).await,
         }

@@ -6,6 +6,10 @@
 //! * [`slots`]: reading a `CLUSTER SLOTS` reply;
 //! * [`pool`]: building a connection pool to one server, and a cluster
 //!   client;
+//! * [`sentinel`]: where a connection goes (one fixed server, or the
+//!   master Redis Sentinel names at each connect);
+//! * [`shared`]: one multiplexed connection many callers share, that
+//!   reconnects (through its target) after it broke;
 //! * [`settings`]: validating the Redis keys of a service's config
 //!   (`redis_url`, `redis_cluster`, `channel_prefix`) and showing a
 //!   `redis_url` without its password.
@@ -15,8 +19,12 @@
 
 pub mod pool;
 pub mod scripts;
+pub mod sentinel;
 pub mod settings;
+pub mod shared;
 pub mod slots;
 
-pub use pool::{PoolError, PoolOptions, cluster_client, pool};
+pub use pool::{Pool, PoolError, PoolOptions, cluster_client, pool};
 pub use scripts::{PublishCommand, Scripts};
+pub use sentinel::{ConnectError, SentinelConfig, Target};
+pub use shared::SharedConnection;

@@ -1,7 +1,10 @@
 //! The Redis keys both services' configs share (`redis_url`,
-//! `redis_cluster`, `channel_prefix`): what values work, checked at start
-//! by the same code in the gateway and the publisher, and how a
-//! `redis_url` is shown without its password.
+//! `redis_cluster`, `redis_sentinels`, `redis_sentinel_master`,
+//! `channel_prefix`): what values work, checked at start by the same code
+//! in the gateway and the publisher, and how a `redis_url` is shown
+//! without its password.
+
+use crate::sentinel::SentinelConfig;
 
 /// The seed nodes of a Redis Cluster: `url` split at commas, blanks dropped.
 pub fn seeds(url: &str) -> impl Iterator<Item = &str> {
@@ -23,6 +26,97 @@ pub fn check_url(url: &str, cluster: bool) -> Result<(), String> {
         return Err("must start with redis://, rediss:// or unix://".into());
     }
     Ok(())
+}
+
+/// `host:port` (`[v6]:port` too) split, or why it is not one.
+pub fn host_port(entry: &str) -> Result<(&str, u16), String> {
+    let bad = || format!("{entry:?} is not HOST:PORT");
+    let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(['/', '@', ' ']) {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// Why the Sentinel keys cannot work, with the key to name. Without
+/// `sentinels` the other two must be empty; with them, `master` is
+/// required, `redis_cluster` is off, `wait_replicas` is 1 to 64, and `redis_url` (which then gives
+/// only scheme, credentials and database) is empty or a TCP URL.
+pub fn check_sentinel(
+    sentinels: &str,
+    master: &str,
+    wait_replicas: u32,
+    url: &str,
+    cluster: bool,
+) -> Result<(), (&'static str, String)> {
+    if !(1..=64).contains(&wait_replicas) {
+        return Err(("redis_sentinel_wait_replicas", format!("{wait_replicas} is outside 1..=64")));
+    }
+    if seeds(sentinels).next().is_none() {
+        if !master.is_empty() {
+            return Err(("redis_sentinel_master", "is set, but redis_sentinels lists no sentinel".into()));
+        }
+        return Ok(());
+    }
+    if cluster {
+        return Err(("redis_sentinels", "cannot be used with redis_cluster".into()));
+    }
+    for entry in seeds(sentinels) {
+        host_port(entry).map_err(|e| ("redis_sentinels", e))?;
+    }
+    if master.is_empty() || master.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(("redis_sentinel_master", "must name the master (non-empty, without spaces)".into()));
+    }
+    if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err((
+            "redis_url",
+            "must be empty or start with redis:// or rediss:// with redis_sentinels".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The Redis keys of a service's config, as read (both services have
+/// the same ones): checked and turned into a [`SentinelConfig`] here.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisKeys<'a> {
+    pub url: &'a str,
+    pub cluster: bool,
+    pub sentinels: &'a str,
+    pub sentinel_master: &'a str,
+    pub sentinel_password: &'a str,
+    pub sentinel_wait_replicas: u32,
+}
+
+impl<'a> RedisKeys<'a> {
+    /// Why these keys cannot work, with the key to name. An empty
+    /// `redis_url` without cluster or Sentinel passes unless `url_required`
+    /// (the gateway's in-memory backplane).
+    pub fn check(&self, url_required: bool) -> Result<(), (&'static str, String)> {
+        check_sentinel(
+            self.sentinels,
+            self.sentinel_master,
+            self.sentinel_wait_replicas,
+            self.url,
+            self.cluster,
+        )?;
+        if self.sentinel().is_none() && (url_required || self.cluster || !self.url.is_empty()) {
+            check_url(self.url, self.cluster).map_err(|e| ("redis_url", e))?;
+        }
+        Ok(())
+    }
+
+    /// The Sentinel keys, when the master is found through Sentinel.
+    pub fn sentinel(&self) -> Option<SentinelConfig<'a>> {
+        SentinelConfig::from_keys(
+            self.sentinels,
+            self.sentinel_master,
+            self.sentinel_password,
+            self.sentinel_wait_replicas,
+        )
+    }
 }
 
 /// Why `channel_prefix` cannot work.
@@ -93,6 +187,26 @@ mod tests {
         for (url, cluster, ok) in cases {
             assert_eq!(check_url(url, cluster).is_ok(), ok, "{url:?} cluster={cluster}");
         }
+    }
+
+    #[test]
+    fn sentinel_rules() {
+        let ok = |s, m, u, c| check_sentinel(s, m, 1, u, c).map_err(|(key, _)| key);
+        assert_eq!(
+            check_sentinel("a:1", "m", 0, "", false).map_err(|(k, _)| k),
+            Err("redis_sentinel_wait_replicas")
+        );
+        assert_eq!(ok("", "", "redis://x:1", false), Ok(()));
+        assert_eq!(ok("a:1, [::1]:26379,", "mymaster", "", false), Ok(()));
+        assert_eq!(ok("a:1", "mymaster", "rediss://:p@x/0", false), Ok(()));
+        assert_eq!(ok("", "mymaster", "", false), Err("redis_sentinel_master"));
+        assert_eq!(ok("a:1", "", "", false), Err("redis_sentinel_master"));
+        assert_eq!(ok("a:1", "my master", "", false), Err("redis_sentinel_master"));
+        assert_eq!(ok("a:1", "m", "", true), Err("redis_sentinels"));
+        assert_eq!(ok("a", "m", "", false), Err("redis_sentinels"));
+        assert_eq!(ok("a:0", "m", "", false), Err("redis_sentinels"));
+        assert_eq!(ok("redis://a:1", "m", "", false), Err("redis_sentinels"));
+        assert_eq!(ok("a:1", "m", "unix:///tmp/s", false), Err("redis_url"));
     }
 
     #[test]

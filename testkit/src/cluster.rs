@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
-use crate::{WAIT, eventually, free_port};
+use crate::{WAIT, eventually, free_port, wait_ping};
 
 /// One cluster master.
 pub struct ClusterNode {
@@ -66,17 +66,6 @@ impl ClusterNode {
             let _ = child.wait();
         }
     }
-}
-
-async fn wait_ping(url: String) {
-    eventually("a cluster node to answer PING", || {
-        let url = url.clone();
-        async move {
-            let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
-            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-        }
-    })
-    .await;
 }
 
 /// How a test cluster is built.

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod otlp;
 pub mod process;
 pub mod resilient;
+pub mod sentinel;
 
 pub use cluster::{ClusterOptions, RedisCluster};
 
@@ -309,15 +310,7 @@ impl RedisServer {
             cmd.args(["--appendonly", "no"]);
         }
         self.child = Some(cmd.spawn().expect("redis-server must be on PATH (apt-get install redis-server)"));
-        let url = self.url();
-        eventually("redis-server to answer PING", || {
-            let url = url.clone();
-            async move {
-                let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-            }
-        })
-        .await;
+        wait_ping(self.url()).await;
     }
 
     /// SIGKILLs the process (no shutdown, no final save).
@@ -355,6 +348,18 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in 20000..32000 on 127.0.0.1");
+}
+
+/// Waits until the redis-server at `url` answers PING, failing after [`WAIT`].
+pub async fn wait_ping(url: String) {
+    eventually("a redis-server to answer PING", || {
+        let url = url.clone();
+        async move {
+            let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+        }
+    })
+    .await;
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`WAIT`].
@@ -438,6 +443,39 @@ pub fn token(secret: &str, sub: &str) -> String {
     let claims = serde_json::json!({"sub": sub, "exp": wire::now_ms() / 1000 + 3600});
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
     jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+}
+
+/// Publishes an `orders` update like the publisher does: seq from INCR,
+/// the history entry and the PUBLISH in one transaction. Returns its seq.
+pub async fn publish_order_update(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    topic: &str,
+) -> u64 {
+    let seq: u64 =
+        redis::cmd("INCR").arg(wire::keys::seq_counter(prefix, topic)).query_async(conn).await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    order_update_cmds(&mut pipe, prefix, topic, seq);
+    let _: () = pipe.query_async(conn).await.unwrap();
+    seq
+}
+
+/// Adds order update `seq` of `topic` to `pipe`: its history entry, then
+/// its PUBLISH (the seq counter is the caller's).
+pub fn order_update_cmds(pipe: &mut redis::Pipeline, prefix: &str, topic: &str, seq: u64) {
+    use wire::keys;
+    let env = envelope(topic, seq, &format!(r#"{{"update":{seq}}}"#));
+    pipe.cmd("XADD")
+        .arg(keys::history(prefix, topic))
+        .arg(keys::history_id(seq))
+        .arg(keys::HISTORY_FIELD)
+        .arg(&env)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(keys::channel(prefix, topic))
+        .arg(&env)
+        .ignore();
 }
 
 pub fn envelope(topic: &str, seq: u64, data: &str) -> String {

@@ -49,17 +49,26 @@ impl PublishCommand {
 }
 
 /// KEYS: seq counter, last-value key. ARGV: publish command
-/// ([`PublishCommand`]), channel, envelope head, store-last flag, then one
-/// envelope tail per message.
+/// ([`PublishCommand`]), channel, envelope head, store-last flag, floor,
+/// then one envelope tail per message.
+///
+/// The floor (0: none) is the highest `seq` the writer may have handed
+/// out on the topic: a counter below it (a Sentinel failover promoted a
+/// replica that missed the last writes) is first raised to it, so a
+/// `seq` already delivered is never given to other content.
 pub const BATCH_SCRIPT: &str = r"
 if ARGV[1] ~= 'PUBLISH' and ARGV[1] ~= 'SPUBLISH' then
   return redis.error_reply('ERR first argument must be PUBLISH or SPUBLISH')
 end
-local n = #ARGV - 4
+local n = #ARGV - 5
+local floor = tonumber(ARGV[5]) or 0
+if floor > 0 and (tonumber(redis.call('GET', KEYS[1])) or 0) < floor then
+  redis.call('SET', KEYS[1], floor)
+end
 local last = redis.call('INCRBY', KEYS[1], n)
 local env
 for i = 1, n do
-  env = ARGV[3] .. (last - n + i) .. ARGV[4 + i]
+  env = ARGV[3] .. (last - n + i) .. ARGV[5 + i]
   redis.call(ARGV[1], ARGV[2], env)
 end
 if ARGV[4] == '1' then
@@ -70,7 +79,9 @@ return last
 
 /// KEYS: seq counter, history stream, dedupe marker. ARGV: publish
 /// command ([`PublishCommand`]), channel, envelope head, envelope tail,
-/// history maxlen, marker TTL (s).
+/// history maxlen, marker TTL (s), floor (as for [`BATCH_SCRIPT`]),
+/// publish flag (`1`: publish now; `0`: the caller publishes once a
+/// replica has the write, see `redis_backplane::scripts`).
 /// Returns {seq, 1 if this update had already been written}.
 ///
 /// Both scripts refuse any other first argument before writing anything
@@ -88,6 +99,10 @@ local done = redis.call('GET', KEYS[3])
 if done then
   return {tonumber(done), 1}
 end
+local floor = tonumber(ARGV[7]) or 0
+if floor > 0 and (tonumber(redis.call('GET', KEYS[1])) or 0) < floor then
+  redis.call('SET', KEYS[1], floor)
+end
 local seq = redis.call('INCR', KEYS[1])
 local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'env', ARGV[3] .. seq .. ARGV[4])
 if type(added) == 'table' and added.err then
@@ -101,6 +116,8 @@ if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'env', ARGV[3] .. seq .. ARGV[4])
 end
 redis.call('SET', KEYS[3], seq, 'NX', 'EX', ARGV[6])
-redis.call(ARGV[1], ARGV[2], ARGV[3] .. seq .. ARGV[4])
+if ARGV[8] == '1' then
+  redis.call(ARGV[1], ARGV[2], ARGV[3] .. seq .. ARGV[4])
+end
 return {seq, 0}
 ";

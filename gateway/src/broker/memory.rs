@@ -16,8 +16,7 @@ use publisher::order_desk::RequestSender;
 use wire::orders::OrderRequest;
 use wire::{Topic, TopicFamily};
 
-use super::{BoxFuture, Broker, BrokerError};
-use crate::hub::Hub;
+use super::{Answer, Broker, BrokerError, Publish, Sink, Subscribed};
 
 /// Envelopes of history kept per non-quote topic.
 const HISTORY_LEN: usize = 512;
@@ -39,8 +38,8 @@ struct Entry {
 }
 
 pub struct MemoryBroker {
-    hub: Arc<Hub>,
-    /// Per-topic state. Held while a message is handed to the hub so
+    sink: Arc<dyn Sink>,
+    /// Per-topic state. Held while a message is handed to the sink so
     /// concurrent publishes on one topic reach subscribers in `seq` order.
     topics: Mutex<HashMap<Topic, Log>>,
     /// The demo's order service, when this node runs it.
@@ -48,8 +47,8 @@ pub struct MemoryBroker {
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Arc<Hub>, orders: Option<RequestSender>) -> Self {
-        MemoryBroker { hub, topics: Mutex::default(), orders }
+    pub(crate) fn new(sink: Arc<dyn Sink>, orders: Option<RequestSender>) -> Self {
+        MemoryBroker { sink, topics: Mutex::default(), orders }
     }
 
     /// Publishes one message per tail on `topic`, each envelope being
@@ -74,7 +73,7 @@ impl MemoryBroker {
         for tail in tails {
             log.seq += 1;
             let envelope = format!("{head}{}{tail}", log.seq).into_bytes();
-            self.hub.ingest(topic.as_str(), &envelope);
+            self.sink.message(topic.as_str(), &envelope);
             if topic.family() == TopicFamily::Quotes {
                 log.last = Some(envelope);
             } else {
@@ -89,39 +88,29 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async { Ok(()) })
+    fn subscribe<'a>(&'a self, _topic: &'a Topic) -> Answer<'a, Subscribed> {
+        Box::pin(async { Ok(Subscribed::Confirmed) })
     }
 
     fn release(&self, _topic: &Topic) {}
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+    fn publish<'a>(&'a self, message: Publish<'a>) -> Answer<'a, u64> {
         Box::pin(async move {
+            let Publish { topic, data_json, traceparent, id } = message;
             let (head, tail) =
                 wire::envelope::encode_parts(topic.as_str(), wire::now_ms(), data_json, traceparent);
             Ok(self.append(topic, &head, [tail.as_str()], id).0)
         })
     }
 
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
+    fn last_value<'a>(&'a self, topic: &'a Topic) -> Answer<'a, Option<Vec<u8>>> {
         Box::pin(async move {
             let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
             Ok(topics.get(topic.as_str()).and_then(|log| log.last.clone()))
         })
     }
 
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
+    fn history_after<'a>(&'a self, topic: &'a Topic, since: u64, limit: usize) -> Answer<'a, Vec<Vec<u8>>> {
         Box::pin(async move {
             let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
             let current = topics.get(topic.as_str()).map_or(0, |log| log.seq);
@@ -137,7 +126,7 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn submit_order<'a>(&'a self, request_json: String) -> Answer<'a, ()> {
         Box::pin(async move {
             let Some(orders) = &self.orders else {
                 return Err(BrokerError::NotSupported(
@@ -163,9 +152,25 @@ impl Broker for MemoryBroker {
 mod tests {
     use super::*;
 
+    /// Counts what it is handed.
+    #[derive(Default)]
+    struct Counting(Mutex<Vec<(String, u64)>>);
+
+    impl Sink for Counting {
+        fn message(&self, topic: &str, envelope: &[u8]) {
+            let seq = wire::Envelope::parse(envelope, Some(topic)).unwrap().seq;
+            self.0.lock().unwrap().push((topic.to_owned(), seq));
+        }
+        fn reply(&self, _payload: &[u8]) {}
+        fn wanted(&self, _topic: &str) -> bool {
+            true
+        }
+    }
+
     #[tokio::test]
     async fn appends_assign_seq_keep_history_and_deduplicate_by_id() {
-        let broker = MemoryBroker::new(Arc::new(Hub::new(Arc::default(), "n1")), None);
+        let sink = Arc::new(Counting::default());
+        let broker = MemoryBroker::new(Arc::clone(&sink) as Arc<dyn Sink>, None);
         let topic = Topic::parse("orders.a").unwrap();
         let (head, tail) = wire::envelope::encode_parts("orders.a", 5, r#"{"n":1}"#, None);
         assert_eq!(broker.append(&topic, &head, [tail.as_str()], Some("u1")), (1, false));
@@ -176,10 +181,16 @@ mod tests {
             history.iter().map(|raw| wire::Envelope::parse(raw, Some("orders.a")).unwrap().seq).collect();
         assert_eq!(seqs, [2, 3]);
         let quotes = Topic::parse("quotes.A").unwrap();
-        broker.publish(&quotes, r#"{"bid":1}"#, None, None).await.unwrap();
+        broker
+            .publish(Publish { topic: &quotes, data_json: r#"{"bid":1}"#, traceparent: None, id: None })
+            .await
+            .unwrap();
         let last = broker.last_value(&quotes).await.unwrap().unwrap();
         assert_eq!(wire::Envelope::parse(&last, Some("quotes.A")).unwrap().seq, 1);
         assert!(matches!(broker.history_after(&topic, 9, 10).await, Err(BrokerError::Behind(3))));
+        let delivered: Vec<(String, u64)> = sink.0.lock().unwrap().clone();
+        let want = [("orders.a", 1), ("orders.a", 2), ("orders.a", 3), ("quotes.A", 1)];
+        assert_eq!(delivered, want.map(|(t, s)| (t.to_owned(), s)), "every append reaches the sink once");
         let refused = broker.submit_order("{}".into()).await;
         assert!(matches!(refused, Err(BrokerError::NotSupported(_))));
     }

@@ -13,8 +13,16 @@
 //! Readiness: every link up with all it carried before re-subscribed, and
 //! every wanted channel routed. Which links are not is published in
 //! [`Health`] for `/readyz` and for commands that fail fast.
+//!
+//! The delivery probe ([`probe`]): each link also carries a probe channel
+//! of this node, on which the manager periodically publishes a nonce
+//! through the backplane's command path; a link whose probe does not come
+//! back within `probe_timeout_ms` of the publish is told to reconnect (it
+//! is down, so not ready, until it has re-subscribed everything) and the
+//! event is counted per link.
 
 pub(crate) mod link;
+pub(crate) mod probe;
 pub(crate) mod table;
 
 use std::collections::HashMap;
@@ -28,10 +36,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::{Topic, keys};
 
-use super::BrokerError;
-use crate::hub::Hub;
+use super::{BoxFuture, BrokerError, Sink, Subscribed, Wiring};
 use crate::metrics::{Metrics, ShardLabel};
 use link::{Command, Event};
+use probe::Probes;
 use table::{Action, LinkId, Table};
 
 /// Requests gathered into one batch.
@@ -96,12 +104,61 @@ impl Health {
     }
 }
 
+/// Publishes a probe message (channel, payload) through the backplane's
+/// command path, as real messages are published.
+pub(crate) type ProbePublish =
+    Arc<dyn Fn(String, String) -> BoxFuture<'static, Result<(), BrokerError>> + Send + Sync>;
+
+/// The delivery probe's settings.
+pub(crate) struct ProbeSettings {
+    /// Between probes of one link; zero turns the probe off.
+    pub(crate) interval: Duration,
+    /// A probe not back this long after its publish was confirmed
+    /// reconnects its link.
+    pub(crate) timeout: Duration,
+    /// Set by the backplane; None: no probe.
+    pub(crate) publish: Option<ProbePublish>,
+}
+
+/// What the probe's publishes and the readers report to the manager.
+enum ProbeEvent {
+    Back { channel: String, nonce: u64 },
+    Published { link: LinkId, nonce: u64, result: Result<(), BrokerError> },
+}
+
+/// Given to the readers: takes the messages of this node's probe
+/// channels before they reach the hub.
+#[derive(Clone)]
+pub(crate) struct ProbeReturns {
+    base: Arc<str>,
+    events: mpsc::UnboundedSender<ProbeEvent>,
+}
+
+impl ProbeReturns {
+    /// True when `channel` is one of this node's probe channels: its
+    /// message went to the manager and is not for the hub.
+    pub(crate) fn take(&self, channel: &str, payload: &[u8]) -> bool {
+        if !Probes::is_probe(&self.base, channel) {
+            return false;
+        }
+        if let Some(nonce) = Probes::nonce_of(payload) {
+            // Fails only once the manager stopped at shutdown.
+            let _ = self.events.send(ProbeEvent::Back { channel: channel.to_owned(), nonce });
+        }
+        true
+    }
+}
+
 pub(crate) struct ManagerSettings {
-    pub(crate) hub: Arc<Hub>,
+    /// Asked whether a released topic is wanted again when its grace ends.
+    pub(crate) sink: Arc<dyn Sink>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) prefix: String,
     /// This node's reply channel: wanted from the start, never released.
     pub(crate) reply_channel: String,
+    /// The start of this node's probe channel names.
+    pub(crate) probe_base: String,
+    pub(crate) probe: ProbeSettings,
     pub(crate) grace: Duration,
     pub(crate) up_gauge: UpGauge,
     /// Asks for a slot map refresh (cluster); capacity 1, so asks coalesce.
@@ -112,28 +169,28 @@ pub(crate) struct ManagerSettings {
 impl ManagerSettings {
     /// A node's settings from its config: one gauge count per link, no
     /// slot map to refresh (the cluster sets both).
-    pub(crate) fn new(
-        config: &crate::config::Config,
-        node_id: &str,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(config: &crate::config::Config, wiring: &Wiring<'_>) -> Self {
         ManagerSettings {
-            hub,
-            metrics,
+            sink: Arc::clone(&wiring.sink),
+            metrics: Arc::clone(&wiring.metrics),
             prefix: config.channel_prefix.clone(),
-            reply_channel: keys::node_replies(&config.channel_prefix, node_id),
+            reply_channel: keys::node_replies(&config.channel_prefix, wiring.node_id),
+            probe_base: Probes::base(&config.channel_prefix, wiring.node_id),
+            probe: ProbeSettings {
+                interval: config.probe_interval(),
+                timeout: config.probe_timeout(),
+                publish: None,
+            },
             grace: config.unsubscribe_grace(),
             up_gauge: UpGauge::Links,
             refresh: None,
-            shutdown,
+            shutdown: wiring.shutdown.clone(),
         }
     }
 }
 
 enum Request {
-    Subscribe(Topic, oneshot::Sender<Result<(), BrokerError>>),
+    Subscribe(Topic, oneshot::Sender<Result<Subscribed, BrokerError>>),
     Release(Topic),
 }
 
@@ -147,11 +204,19 @@ pub(crate) struct PubSub {
 pub(crate) struct Inputs {
     pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) layouts: mpsc::UnboundedSender<Layout>,
+    /// For the readers' [`Delivery`](super::redis_pubsub::Delivery).
+    pub(crate) probes: ProbeReturns,
 }
 
 impl PubSub {
     /// Starts the manager with no link; links arrive in layouts.
     pub(crate) fn start(settings: ManagerSettings) -> (PubSub, Inputs) {
+        Self::start_with(settings, Arc::default())
+    }
+
+    /// Starts the manager publishing into `health` (made beforehand by a
+    /// backplane whose commands check it).
+    pub(crate) fn start_with(settings: ManagerSettings, health: Arc<Health>) -> (PubSub, Inputs) {
         // Unbounded: `release` is called from synchronous cleanup that
         // cannot wait, and each request is one client action already
         // bounded by the connection limits.
@@ -160,24 +225,35 @@ impl PubSub {
         // holds a connection; it sends a handful of events per command.
         let (events, events_rx) = mpsc::unbounded_channel();
         let (layouts, layouts_rx) = mpsc::unbounded_channel();
-        let health = Arc::new(Health::default());
+        // Unbounded: readers must never wait; one event per probe sent.
+        let (probe_events, probe_events_rx) = mpsc::unbounded_channel();
         let mut table = Table::new(settings.grace);
         table.pin(&settings.reply_channel, None);
+        let probes = match &settings.probe {
+            ProbeSettings { interval, timeout, publish: Some(_) } if !interval.is_zero() => Some(
+                Probes::new(settings.probe_base.clone(), *interval, *timeout, rand::random::<u64>() >> 1),
+            ),
+            _ => None,
+        };
+        let returns =
+            ProbeReturns { base: settings.probe_base.as_str().into(), events: probe_events.clone() };
         let manager = Manager {
             table,
             links: HashMap::new(),
             route: Box::new(|_| None),
             complete: false,
             health: Arc::clone(&health),
+            probes,
+            probe_events,
             settings,
         };
-        tokio::spawn(manager.run(requests_rx, events_rx, layouts_rx));
-        (PubSub { requests, health }, Inputs { events, layouts })
+        tokio::spawn(manager.run(requests_rx, events_rx, layouts_rx, probe_events_rx));
+        (PubSub { requests, health }, Inputs { events, layouts, probes: returns })
     }
 
     /// Resolves once the server confirmed the subscription (or, while its
     /// link is away, once the topic is recorded for its return).
-    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<(), BrokerError> {
+    pub(crate) async fn subscribe(&self, topic: &Topic) -> Result<Subscribed, BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send(Request::Subscribe(topic.clone(), tx))
@@ -206,11 +282,15 @@ struct LinkInfo {
 }
 
 struct Manager {
-    table: Table<oneshot::Sender<Result<(), BrokerError>>>,
+    table: Table<oneshot::Sender<Result<Subscribed, BrokerError>>>,
     links: HashMap<LinkId, LinkInfo>,
     route: Route,
     complete: bool,
     health: Arc<Health>,
+    /// The delivery probe's state; None when it is off.
+    probes: Option<Probes>,
+    /// Where a probe's publish reports back.
+    probe_events: mpsc::UnboundedSender<ProbeEvent>,
     settings: ManagerSettings,
 }
 
@@ -220,12 +300,16 @@ impl Manager {
         mut requests: mpsc::UnboundedReceiver<Request>,
         mut events: mpsc::UnboundedReceiver<Event>,
         mut layouts: mpsc::UnboundedReceiver<Layout>,
+        mut probe_events: mpsc::UnboundedReceiver<ProbeEvent>,
     ) {
         let shutdown = self.settings.shutdown.clone();
         // A single Redis sends its one layout and drops the sender.
         let mut layouts_open = true;
         loop {
             let next_release = self.table.next_release();
+            let links = &self.links;
+            let next_probe =
+                self.probes.as_ref().and_then(|p| p.next_wake(|l| links.get(&l).is_some_and(|i| i.ready)));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 request = requests.recv() => {
@@ -252,11 +336,14 @@ impl Manager {
                     Some(layout) => self.layout(layout),
                     None => layouts_open = false,
                 },
+                // Never closed: the manager holds a sender.
+                Some(event) = probe_events.recv() => self.probe_event(event),
+                _ = super::sleep_until_opt(next_probe) => self.probe(Instant::now()),
                 _ = super::sleep_until_opt(next_release) => {
-                    let hub = &self.settings.hub;
+                    let sink = &self.settings.sink;
                     let prefix = self.settings.prefix.as_str();
                     self.table.expire(Instant::now(), |channel| {
-                        keys::topic_of_channel(prefix, channel).is_some_and(|t| hub.has_subscribers(t))
+                        keys::topic_of_channel(prefix, channel).is_some_and(|t| sink.wanted(t))
                     });
                 }
             }
@@ -283,6 +370,9 @@ impl Manager {
             Event::Up { link, epoch } => self.table.link_up(link, epoch),
             Event::Down { link } => {
                 self.table.link_down(link);
+                if let Some(probes) = self.probes.as_mut() {
+                    probes.link_down(link);
+                }
                 if let Some(info) = self.links.get(&link) {
                     self.settings.metrics.backplane_shard_losses.get_or_create(&shard(&info.label)).inc();
                 }
@@ -320,6 +410,67 @@ impl Manager {
             self.table.remove_link(id);
             if let Some(info) = self.links.remove(&id) {
                 self.settings.metrics.backplane_shard_up.get_or_create(&shard(&info.label)).set(0);
+            }
+        }
+        if let Some(probes) = self.probes.as_mut() {
+            let now = Instant::now();
+            let ids: Vec<LinkId> = self.links.keys().copied().collect();
+            let channels = probes.relayout(&ids, &*self.route, now);
+            for channel in channels.unpin {
+                self.table.unpin(&channel, now);
+            }
+            for (channel, link) in channels.pin {
+                self.table.pin(&channel, Some(link));
+                if let Some(info) = self.links.get(&link) {
+                    // Shown from the start, so a dashboard's rate() sees the first.
+                    let _ = self.settings.metrics.backplane_probe_failures.get_or_create(&shard(&info.label));
+                }
+            }
+        }
+    }
+
+    /// Reconnects the links whose probe is late and publishes the probes due.
+    fn probe(&mut self, now: Instant) {
+        let Some(probes) = self.probes.as_mut() else { return };
+        for link in probes.expired(now) {
+            let Some(info) = self.links.get(&link) else { continue };
+            self.settings.metrics.backplane_probe_failures.get_or_create(&shard(&info.label)).inc();
+            tracing::warn!(
+                shard = %info.label,
+                timeout_ms = self.settings.probe.timeout.as_millis() as u64,
+                "redis pub/sub link delivers nothing (its delivery probe did not come back); reconnecting it"
+            );
+            if let Some(epoch) = self.table.epoch(link) {
+                // Fails only when the link stopped; its removal follows.
+                let _ = info.commands.send(Command::Reconnect { epoch });
+            }
+        }
+        let Some(publish) = self.settings.probe.publish.as_ref() else { return };
+        let links = &self.links;
+        for sent in probes.due(now, |l| links.get(&l).is_some_and(|i| i.ready)) {
+            let publish = Arc::clone(publish);
+            let events = self.probe_events.clone();
+            // Bounded by the backplane's command timeout.
+            tokio::spawn(async move {
+                let result = publish(sent.channel, Probes::payload(sent.nonce)).await;
+                let _ = events.send(ProbeEvent::Published { link: sent.link, nonce: sent.nonce, result });
+            });
+        }
+    }
+
+    fn probe_event(&mut self, event: ProbeEvent) {
+        let Some(probes) = self.probes.as_mut() else { return };
+        match event {
+            ProbeEvent::Back { channel, nonce } => probes.returned(&channel, nonce),
+            ProbeEvent::Published { link, nonce, result } => {
+                if let Err(e) = &result
+                    && let Some(info) = self.links.get(&link)
+                {
+                    // The command path's trouble, not the link's: no verdict.
+                    self.settings.metrics.backplane_probe_errors.get_or_create(&shard(&info.label)).inc();
+                    tracing::debug!(shard = %info.label, error = %e, "could not publish a delivery probe");
+                }
+                probes.published(link, nonce, result.is_ok(), Instant::now());
             }
         }
     }

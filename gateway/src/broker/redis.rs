@@ -13,179 +13,170 @@
 //!
 //! Subscriptions are kept by the shared manager (`pubsub`) on
 //! `pubsub_connections` links spread by channel hash (`redis_pubsub`).
+//!
+//! Behind Redis Sentinel every one of these connections asks the
+//! sentinels for the master each time it connects
+//! (`redis_backplane::Target`), so after a failover the pool, the
+//! order connection and the links all land on the new master; the links
+//! report down meanwhile (`/readyz` not ready) and re-subscribe there.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
-use wire::Topic;
+use redis::RedisFuture;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+
 use wire::scripts::PublishCommand;
 
 use super::pubsub::link::LinkSettings;
 use super::pubsub::{ManagerSettings, PubSub};
-use super::redis_commands::{self, ScriptPublisher};
+use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::{self, Delivery};
-use super::{BoxFuture, Broker, BrokerError};
+use super::redis_shared::{self, Commands, Redis};
+use super::{Answer, BrokerError, Wiring};
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::requests::Requests;
 
-pub struct RedisBroker {
-    /// The subscription manager over the pub/sub connections.
-    pubsub: PubSub,
-    pool: deadpool_redis::Pool,
+/// The single-Redis backplane (its `Broker` is [`Redis`]'s).
+pub type RedisBroker = Redis<Single>;
+
+/// Where the single Redis runs commands.
+pub struct Single {
+    pool: redis_backplane::Pool,
     /// Order requests and snapshot reads; connects on first use and
-    /// reconnects by itself (redis-rs's `ConnectionManager`).
-    multiplexed: redis::aio::ConnectionManager,
-    prefix: String,
-    timeout: Duration,
-    /// Publishes through the shared scripts, with `PUBLISH`.
-    scripts: ScriptPublisher,
+    /// again after it broke (or its server stopped being master).
+    multiplexed: Arc<redis_backplane::SharedConnection>,
+}
+
+impl Commands for Single {
+    type Bulk = Pooled;
+    type Quick = Checked;
+    const KIND: &'static str = "redis";
+
+    fn bulk<'a>(&'a self, _key: &'a str) -> Answer<'a, Self::Bulk> {
+        Box::pin(async move {
+            self.pool.get().await.map(Pooled).map_err(|e| BrokerError::Unavailable(e.to_string()))
+        })
+    }
+
+    fn quick<'a>(&'a self, _key: &'a str) -> Answer<'a, Self::Quick> {
+        Box::pin(async move {
+            let conn = self.multiplexed.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            Ok(Checked { conn, owner: Arc::clone(&self.multiplexed) })
+        })
+    }
+}
+
+/// A connection taken from the pool, back in it when dropped.
+pub struct Pooled(redis_backplane::pool::Connection);
+
+impl ConnectionLike for Pooled {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        (*self.0).req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        (*self.0).req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// The shared order connection for one call: a failure that means it is
+/// broken or no longer on the master (`-READONLY`) drops it, so the next
+/// call connects again (after a Sentinel failover: to the new master).
+pub struct Checked {
+    conn: MultiplexedConnection,
+    owner: Arc<redis_backplane::SharedConnection>,
+}
+
+impl ConnectionLike for Checked {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            if let Err(e) = &result {
+                self.owner.failed(e);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            if let Err(e) = &result {
+                self.owner.failed(e);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
 }
 
 impl RedisBroker {
     /// Starts the pub/sub managers; they connect in the background, so a
     /// node whose Redis is not up yet starts anyway (and reports not ready).
-    pub fn start(
-        config: &Config,
-        node_id: &str,
-        hub: Arc<Hub>,
-        requests: Arc<Requests>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
+    pub(crate) fn start(config: &Config, wiring: Wiring<'_>) -> Result<Self, BrokerError> {
+        let target =
+            redis_backplane::Target::open(&config.redis_url, config.sentinel(), config.redis_timeout())
+                .map_err(|e| BrokerError::Unavailable(format!("invalid redis_url: {e}")))?;
         // Calls on the pool are bounded here (`query`, `publish`), which
         // answer `BrokerError::Timeout`: no second bound per command.
         let options =
             redis_backplane::PoolOptions { size: 16, timeout: config.redis_timeout(), command_timeout: None };
-        let pool = redis_backplane::pool(&config.redis_url, options)
+        let pool = redis_backplane::pool(target.clone(), options)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
+        let shared_config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.redis_timeout()))
             .set_response_timeout(Some(config.redis_timeout()))
-            // Each command is bounded by `redis_timeout` here; a failed
-            // connect is retried on the next command, not in a loop.
-            .set_number_of_retries(1)
-            .set_max_delay(config.redis_backoff_max())
             // Many connections' orders at once queue here, not in a pool.
             .set_pipeline_buffer_size(4096);
-        let multiplexed = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| BrokerError::Unavailable(format!("redis: {e}")))?;
-        let settings = ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone());
+        // A failed connect is retried on the next command, not in a loop.
+        let multiplexed = Arc::new(redis_backplane::SharedConnection::new(target.clone(), shared_config));
+        let commands = Arc::new(Single { pool, multiplexed });
+        let mut settings = ManagerSettings::new(config, &wiring);
+        let probe = redis_shared::probe_publish(
+            Arc::clone(&commands),
+            PublishCommand::Publish,
+            config.redis_timeout(),
+        );
+        settings.probe.publish = Some(probe);
+        let Wiring { sink, shutdown, .. } = wiring;
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start(settings);
-        let delivery = Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel };
-        redis_pubsub::spawn_links(&client, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
+        let delivery = Delivery::new(sink, &config.channel_prefix, reply_channel, &inputs);
+        redis_pubsub::spawn_links(&target, config.pubsub_connections, delivery, &inputs, |id| LinkSettings {
             link: id,
             label: id.to_string(),
             timeout: config.redis_timeout(),
             backoff_max: config.redis_backoff_max(),
             shutdown: shutdown.clone(),
         });
-        Ok(RedisBroker {
+        Ok(Redis {
             pubsub,
-            pool,
-            multiplexed,
+            commands,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
             scripts: ScriptPublisher::new(
                 &config.channel_prefix,
                 PublishCommand::Publish,
                 config.history_maxlen,
+                config.sentinel().map_or(0, |s| s.wait_replicas),
+                config.redis_timeout(),
             ),
         })
-    }
-}
-
-impl Broker for RedisBroker {
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(self.pubsub.subscribe(topic))
-    }
-
-    fn release(&self, topic: &Topic) {
-        self.pubsub.release(topic);
-    }
-
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
-        Box::pin(async move {
-            let work = async {
-                let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                self.scripts.publish(&mut conn, topic, data_json, traceparent, id).await
-            };
-            timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
-        })
-    }
-
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
-        Box::pin(async move { self.multiplexed(&redis_commands::last_value_cmd(&self.prefix, topic)).await })
-    }
-
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
-        Box::pin(async move {
-            let cmd = redis_commands::history_cmd(&self.prefix, topic, since, limit);
-            Ok(redis_commands::history_envelopes(self.query(&cmd).await?))
-        })
-    }
-
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let _id: String =
-                self.multiplexed(&redis_commands::order_request_cmd(&self.prefix, request_json)).await?;
-            Ok(())
-        })
-    }
-
-    fn is_ready(&self) -> bool {
-        self.pubsub.health().is_ready()
-    }
-
-    fn down_shards(&self) -> Vec<String> {
-        self.pubsub.health().down()
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-}
-
-impl RedisBroker {
-    /// Runs one command on a pooled connection, bounded by the timeout.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            cmd.query_async::<T>(&mut conn).await.map_err(|e| BrokerError::Refused(e.to_string()))
-        };
-        timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
-    }
-
-    /// Runs one command on the multiplexed connection, bounded by the
-    /// timeout. A command that timed out may still have run.
-    async fn multiplexed<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let mut conn = self.multiplexed.clone();
-        match timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Err(_) => Err(BrokerError::Timeout),
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if e.is_timeout() => Err(BrokerError::Timeout),
-            // Not sent, or the connection broke: the manager reconnects.
-            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                Err(BrokerError::Unavailable(e.to_string()))
-            }
-            Ok(Err(e)) => Err(BrokerError::Refused(e.to_string())),
-        }
     }
 }

@@ -29,17 +29,15 @@ use redis::cluster_async::ClusterConnection;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+use wire::keys;
 use wire::scripts::PublishCommand;
-use wire::{Topic, keys};
 
-use super::pubsub::{ManagerSettings, PubSub, UpGauge};
-use super::redis_commands::{self, ScriptPublisher};
+use super::pubsub::{Health, ManagerSettings, ProbeSettings, PubSub, UpGauge};
+use super::redis_commands::ScriptPublisher;
 use super::redis_pubsub::Delivery;
-use super::{BoxFuture, Broker, BrokerError};
+use super::redis_shared::{self, Commands, Redis};
+use super::{Answer, BrokerError, Wiring};
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::requests::Requests;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 
@@ -47,27 +45,21 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 /// from here: it is multiplexed, and a clone is a handle, not a link.
 type ConnSlot = Arc<RwLock<Option<ClusterConnection>>>;
 
-pub struct RedisClusterBroker {
-    pubsub: PubSub,
+/// The Redis Cluster backplane (its `Broker` is [`Redis`]'s).
+pub type RedisClusterBroker = Redis<Cluster>;
+
+/// Where a Redis Cluster runs commands: one cluster connection.
+pub struct Cluster {
     conn: ConnSlot,
-    prefix: String,
-    timeout: Duration,
-    /// Publishes through the shared scripts, with `SPUBLISH`.
-    scripts: ScriptPublisher,
+    /// The manager's view of the shards, so a command fails fast for one that is down.
+    health: Arc<Health>,
 }
 
 impl RedisClusterBroker {
     /// Starts the manager, the slot map follower and the command
     /// connection; they connect in the background, so a node whose cluster
     /// is not up yet starts anyway (and reports not ready).
-    pub fn start(
-        config: &Config,
-        node_id: &str,
-        hub: Arc<Hub>,
-        requests: Arc<Requests>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Result<Self, BrokerError> {
+    pub(crate) fn start(config: &Config, wiring: Wiring<'_>) -> Result<Self, BrokerError> {
         let invalid = |e: redis::RedisError| BrokerError::Unavailable(format!("invalid redis_url: {e}"));
         let seeds = config
             .redis_seeds()
@@ -79,16 +71,29 @@ impl RedisClusterBroker {
             .build()
             .map_err(invalid)?;
         let (refresh, refresh_rx) = mpsc::channel(1);
+        let conn: ConnSlot = Arc::default();
+        // Made before the manager, so its delivery probe can publish through it.
+        let health = Arc::new(Health::default());
+        let commands = Arc::new(Cluster { conn: Arc::clone(&conn), health: Arc::clone(&health) });
+        let settings = ManagerSettings::new(config, &wiring);
+        let probe = redis_shared::probe_publish(
+            Arc::clone(&commands),
+            PublishCommand::SPublish,
+            config.redis_timeout(),
+        );
         let settings = ManagerSettings {
             up_gauge: UpGauge::Whole,
             refresh: Some(refresh),
-            ..ManagerSettings::new(config, node_id, Arc::clone(&hub), metrics, shutdown.clone())
+            probe: ProbeSettings { publish: Some(probe), ..settings.probe },
+            ..settings
         };
+        let Wiring { sink, shutdown, .. } = wiring;
         let reply_channel = settings.reply_channel.clone();
-        let (pubsub, inputs) = PubSub::start(settings);
+        let (pubsub, inputs) = PubSub::start_with(settings, health);
+        let delivery = Delivery::new(sink, &config.channel_prefix, reply_channel, &inputs);
         let topology = topology::Topology {
             seeds,
-            delivery: Delivery { hub, requests, prefix: config.channel_prefix.clone(), reply_channel },
+            delivery,
             inputs,
             health: Arc::clone(pubsub.health()),
             refresh: refresh_rx,
@@ -97,7 +102,6 @@ impl RedisClusterBroker {
             shutdown: shutdown.clone(),
         };
         tokio::spawn(topology.run());
-        let conn: ConnSlot = Arc::default();
         tokio::spawn(connect_commands(
             client,
             Arc::clone(&conn),
@@ -105,41 +109,47 @@ impl RedisClusterBroker {
             config.redis_backoff_max(),
             shutdown,
         ));
-        Ok(RedisClusterBroker {
+        Ok(Redis {
+            commands,
             pubsub,
-            conn,
             prefix: config.channel_prefix.clone(),
             timeout: config.redis_timeout(),
             scripts: ScriptPublisher::new(
                 &config.channel_prefix,
                 PublishCommand::SPublish,
                 config.history_maxlen,
+                0,
+                config.redis_timeout(),
             ),
         })
     }
+}
 
-    /// The command connection, unless `key`'s shard is known to be down.
+impl Cluster {
+    /// The cluster connection (it routes by `key`'s slot), unless that
+    /// slot's shard is known to be down.
     fn conn(&self, key: &str) -> Result<ClusterConnection, BrokerError> {
-        if self.pubsub.health().slot_down(keys::cluster_slot(key)) {
+        if self.health.slot_down(keys::cluster_slot(key)) {
             return Err(BrokerError::Unavailable("the cluster shard of this topic is down".into()));
         }
         let slot = self.conn.read().unwrap_or_else(PoisonError::into_inner);
         slot.clone().ok_or_else(|| BrokerError::Unavailable("not connected to the Redis Cluster yet".into()))
     }
+}
 
-    /// Runs one command through the cluster connection (routed by its
-    /// key, which lives in `key`'s slot), bounded by the timeout.
-    async fn query<T: redis::FromRedisValue>(&self, key: &str, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        let mut conn = self.conn(key)?;
-        timeout(self.timeout, cmd.query_async::<T>(&mut conn))
-            .await
-            .map_err(|_| BrokerError::Timeout)?
-            .map_err(|e| BrokerError::Refused(e.to_string()))
+/// Every command takes the one cluster connection.
+impl Commands for Cluster {
+    type Bulk = ClusterConnection;
+    type Quick = ClusterConnection;
+    const KIND: &'static str = "redis-cluster";
+
+    fn bulk<'a>(&'a self, key: &'a str) -> Answer<'a, ClusterConnection> {
+        let conn = self.conn(key);
+        Box::pin(async move { conn })
     }
 
-    /// The channel of `topic`: its keys share the channel's slot.
-    fn channel(&self, topic: &Topic) -> String {
-        keys::channel(&self.prefix, topic.as_str())
+    fn quick<'a>(&'a self, key: &'a str) -> Answer<'a, ClusterConnection> {
+        self.bulk(key)
     }
 }
 
@@ -182,68 +192,5 @@ async fn connect_commands(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-    }
-}
-
-impl Broker for RedisClusterBroker {
-    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(self.pubsub.subscribe(topic))
-    }
-
-    fn release(&self, topic: &Topic) {
-        self.pubsub.release(topic);
-    }
-
-    fn publish<'a>(
-        &'a self,
-        topic: &'a Topic,
-        data_json: &'a str,
-        traceparent: Option<&'a str>,
-        id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
-        Box::pin(async move {
-            let mut conn = self.conn(&self.channel(topic))?;
-            let work = self.scripts.publish(&mut conn, topic, data_json, traceparent, id);
-            timeout(self.timeout, work).await.map_err(|_| BrokerError::Timeout)?
-        })
-    }
-
-    fn last_value<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Option<Vec<u8>>, BrokerError>> {
-        Box::pin(async move {
-            self.query(&self.channel(topic), &redis_commands::last_value_cmd(&self.prefix, topic)).await
-        })
-    }
-
-    fn history_after<'a>(
-        &'a self,
-        topic: &'a Topic,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, BrokerError>> {
-        Box::pin(async move {
-            let cmd = redis_commands::history_cmd(&self.prefix, topic, since, limit);
-            Ok(redis_commands::history_envelopes(self.query(&self.channel(topic), &cmd).await?))
-        })
-    }
-
-    fn submit_order<'a>(&'a self, request_json: String) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let key = keys::order_requests(&self.prefix);
-            let _id: String =
-                self.query(&key, &redis_commands::order_request_cmd(&self.prefix, request_json)).await?;
-            Ok(())
-        })
-    }
-
-    fn is_ready(&self) -> bool {
-        self.pubsub.health().is_ready()
-    }
-
-    fn down_shards(&self) -> Vec<String> {
-        self.pubsub.health().down()
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis-cluster"
     }
 }

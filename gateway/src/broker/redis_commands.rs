@@ -5,8 +5,10 @@
 //! code; the only difference is the publish command the scripts are
 //! given (`PUBLISH` or `SPUBLISH`).
 
+use std::time::Duration;
+
 use redis::aio::ConnectionLike;
-use redis_backplane::scripts::{PublishCommand, Scripts};
+use redis_backplane::scripts::{PublishCommand, Scripts, Update, UpdateError};
 use wire::{Topic, TopicFamily, keys};
 
 use super::BrokerError;
@@ -21,8 +23,21 @@ pub struct ScriptPublisher {
 }
 
 impl ScriptPublisher {
-    pub fn new(prefix: &str, command: PublishCommand, history_maxlen: usize) -> Self {
-        ScriptPublisher { scripts: Scripts::new(prefix, command, history_maxlen as u64) }
+    /// `replicas` > 0 (behind Sentinel): an order update is published only
+    /// once that many replicas have it (within half of `timeout`), as the
+    /// publisher's are, so a failover cannot lose a delivered one.
+    pub fn new(
+        prefix: &str,
+        command: PublishCommand,
+        history_maxlen: usize,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Self {
+        let mut scripts = Scripts::new(prefix, command, history_maxlen as u64);
+        if replicas > 0 {
+            scripts = scripts.replicated(replicas, (timeout / 2).as_millis() as u64);
+        }
+        ScriptPublisher { scripts }
     }
 
     /// Publishes `data_json` on `topic` and returns its `seq`. Every key
@@ -44,13 +59,28 @@ impl ScriptPublisher {
             // Order updates keep history (for `since`) and are written once.
             TopicFamily::Orders => {
                 let update_id = id.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+                if self.scripts.is_replicated() {
+                    let update = Update { topic: name, id: &update_id, head: &head, tail: &tail, floor: 0 };
+                    let written = self.scripts.write_updates(conn, &[update]).await;
+                    // Too few replicas: try later; anything else as without Sentinel.
+                    let written = written.map_err(|e| match e {
+                        UpdateError::Unreplicated { .. } => BrokerError::Unavailable(e.to_string()),
+                        UpdateError::Redis(e) => refused(e),
+                        UpdateError::Reply(_) => BrokerError::Refused(e.to_string()),
+                    })?;
+                    return written
+                        .first()
+                        .map(|(seq, _)| *seq)
+                        .ok_or_else(|| BrokerError::Refused("no reply".into()));
+                }
                 let call = self.scripts.update(name, &update_id, &head, &tail);
                 let (seq, _duplicate): (u64, u64) = self.scripts.query(conn, &call).await.map_err(refused)?;
                 Ok(seq)
             }
             // Quotes also become the topic's snapshot.
             family => {
-                let call = self.scripts.batch(name, &head, family == TopicFamily::Quotes, &tail);
+                // No floor: this node keeps no per-topic state (docs/design.md).
+                let call = self.scripts.batch(name, &head, family == TopicFamily::Quotes, 0, &tail);
                 self.scripts.query::<_, u64>(conn, &call).await.map_err(refused)
             }
         }
@@ -86,6 +116,13 @@ pub fn history_envelopes(reply: redis::streams::StreamRangeReply) -> Vec<Vec<u8>
             _ => None,
         })
         .collect()
+}
+
+/// A delivery probe: `payload` published on `channel` as a message is.
+pub fn probe_cmd(command: PublishCommand, channel: &str, payload: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd(command.as_str());
+    cmd.arg(channel).arg(payload);
+    cmd
 }
 
 /// `XADD` of an order request to the order service's stream.

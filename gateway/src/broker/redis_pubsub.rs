@@ -1,8 +1,8 @@
 //! The single-Redis links: `pubsub_connections` plain pub/sub
 //! connections, each a [`link`](super::pubsub::link) of the shared
 //! manager, with channels spread over them by hash so one connection's
-//! reader is never the node's bottleneck. Each connection's reader feeds
-//! messages into the hub and order replies into the request table.
+//! reader is never the node's bottleneck. Each connection's reader hands
+//! messages and order replies to the node's [`Sink`].
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -12,29 +12,37 @@ use redis::aio::PubSubSink;
 use tokio::sync::mpsc;
 use wire::keys;
 
-use super::BoxFuture;
 use super::pubsub::link::{self, Connected, Connector, LinkSettings, Notice};
 use super::pubsub::table::Outcome;
-use super::pubsub::{Inputs, Layout, LinkSpec};
-use crate::hub::Hub;
-use crate::requests::Requests;
+use super::pubsub::{Inputs, Layout, LinkSpec, ProbeReturns};
+use super::{BoxFuture, Sink};
 
 /// Where a reader delivers what it receives.
 #[derive(Clone)]
 pub(crate) struct Delivery {
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) requests: Arc<Requests>,
+    pub(crate) sink: Arc<dyn Sink>,
     pub(crate) prefix: String,
     pub(crate) reply_channel: String,
+    /// This node's delivery probes, taken before the sink sees them.
+    pub(crate) probes: ProbeReturns,
 }
 
 impl Delivery {
-    /// One received message: an order reply or a topic's envelope.
+    /// Delivers into `sink`, with the probes of `inputs`'s manager.
+    pub(crate) fn new(sink: Arc<dyn Sink>, prefix: &str, reply_channel: String, inputs: &Inputs) -> Self {
+        Delivery { sink, prefix: prefix.to_owned(), reply_channel, probes: inputs.probes.clone() }
+    }
+
+    /// One received message: a delivery probe, an order reply or a
+    /// topic's envelope.
     pub(crate) fn deliver(&self, channel: &str, payload: &[u8]) {
+        if self.probes.take(channel, payload) {
+            return;
+        }
         if channel == self.reply_channel {
-            self.requests.resolve(payload);
+            self.sink.reply(payload);
         } else if let Some(topic) = keys::topic_of_channel(&self.prefix, channel) {
-            self.hub.ingest(topic, payload);
+            self.sink.message(topic, payload);
         }
     }
 }
@@ -48,18 +56,31 @@ impl Drop for ReaderGuard {
     }
 }
 
-/// Opens plain (RESP2) pub/sub connections to the one Redis.
+/// Opens plain (RESP2) pub/sub connections to the one Redis (behind
+/// Sentinel: to the master the sentinels name at each connect).
 struct PlainConnector {
-    client: redis::Client,
+    target: redis_backplane::Target,
     delivery: Delivery,
+    /// Bounds asking the sentinels at each PING (half the link's
+    /// timeout, so sentinels that do not answer never fail the PING).
+    sentinel_check: std::time::Duration,
+}
+
+/// A pub/sub connection: its sink, its reader, and the server it went to.
+pub(crate) struct PlainConn {
+    sink: PubSubSink,
+    _reader: ReaderGuard,
+    server: redis::ConnectionAddr,
 }
 
 impl Connector for PlainConnector {
-    type Conn = (PubSubSink, ReaderGuard);
+    type Conn = PlainConn;
 
     fn connect(&self) -> BoxFuture<'_, Result<Connected<Self::Conn>, String>> {
         Box::pin(async move {
-            let pubsub = self.client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+            let client = self.target.client().await.map_err(|e| e.to_string())?;
+            let server = client.get_connection_info().addr().clone();
+            let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
             let (sink, mut stream) = pubsub.split();
             let (tx, rx) = mpsc::unbounded_channel();
             let delivery = self.delivery.clone();
@@ -69,7 +90,7 @@ impl Connector for PlainConnector {
                 }
                 let _ = tx.send(Notice::Lost("pub/sub stream ended".into()));
             });
-            Ok(((sink, ReaderGuard(reader)), rx))
+            Ok((PlainConn { sink, _reader: ReaderGuard(reader), server }, rx))
         })
     }
 
@@ -79,7 +100,7 @@ impl Connector for PlainConnector {
         channels: &'a [String],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
-            match conn.0.subscribe(channels).await {
+            match conn.sink.subscribe(channels).await {
                 Ok(()) => vec![Outcome::Held; channels.len()],
                 Err(e) if connection_gone(&e) => vec![Outcome::Lost; channels.len()],
                 // One channel may be refused (an ACL): find which, one by one.
@@ -87,7 +108,7 @@ impl Connector for PlainConnector {
                     tracing::debug!(error = %e, "SUBSCRIBE refused; trying channels one by one");
                     let mut outcomes = Vec::with_capacity(channels.len());
                     for channel in channels {
-                        outcomes.push(match conn.0.subscribe(channel).await {
+                        outcomes.push(match conn.sink.subscribe(channel).await {
                             Ok(()) => Outcome::Held,
                             Err(e) if connection_gone(&e) => Outcome::Lost,
                             Err(e) => Outcome::Refused(e.to_string()),
@@ -105,12 +126,23 @@ impl Connector for PlainConnector {
         conn: &'a mut Self::Conn,
         channels: &'a [String],
     ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { conn.0.unsubscribe(channels).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { conn.sink.unsubscribe(channels).await.map_err(|e| e.to_string()) })
     }
 
     fn ping<'a>(&'a self, conn: &'a mut Self::Conn) -> BoxFuture<'a, Result<(), String>> {
         // In subscribed mode (RESP2) PING answers ["pong", ""], not +PONG.
-        Box::pin(async move { conn.0.ping::<redis::Value>().await.map(|_| ()).map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            conn.sink.ping::<redis::Value>().await.map_err(|e| e.to_string())?;
+            // Behind Sentinel: a master demoted or cut off while this
+            // connection stayed up (a sentinel usually closes our
+            // connections as it demotes it, but a partition does not);
+            // ROLE cannot be asked in subscribed mode, the sentinels can.
+            let moved = tokio::time::timeout(self.sentinel_check, self.target.moved_from(&conn.server));
+            if moved.await.unwrap_or(false) {
+                return Err("the sentinels name another master".into());
+            }
+            Ok(())
+        })
     }
 }
 
@@ -119,9 +151,9 @@ pub(crate) fn connection_gone(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
 }
 
-/// Spawns `count` links to `client` and hands the manager their layout.
+/// Spawns `count` links to `target` and hands the manager their layout.
 pub(crate) fn spawn_links(
-    client: &redis::Client,
+    target: &redis_backplane::Target,
     count: usize,
     delivery: Delivery,
     inputs: &Inputs,
@@ -130,8 +162,12 @@ pub(crate) fn spawn_links(
     let mut added = Vec::with_capacity(count);
     for id in 0..count {
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let connector = PlainConnector { client: client.clone(), delivery: delivery.clone() };
         let settings = settings(id);
+        let connector = PlainConnector {
+            target: target.clone(),
+            delivery: delivery.clone(),
+            sentinel_check: settings.timeout / 2,
+        };
         added.push(LinkSpec { id, label: settings.label.clone(), slots: Vec::new(), commands });
         tokio::spawn(link::run(connector, settings, commands_rx, inputs.events.clone()));
     }

@@ -1,7 +1,8 @@
 //! What a connection sends beyond the live stream so its client misses
 //! nothing: the replay after `since` (or a quote snapshot) right after
-//! `subscribed`, and the history that fills a gap in an order topic's
-//! live stream (updates published while this node's Redis link was down).
+//! `subscribed`, read through the same [`History`] path as the node's gap
+//! filling (`inbound.rs`), and the notice that an order topic's live
+//! stream has a hole nothing could fill.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use wire::{ErrorCode, Topic, TopicFamily};
 
 use super::{Connection, End};
 use crate::broker::BrokerError;
+use crate::history::History;
 
 impl Connection {
     /// After `subscribed`: replays history after `since` (no gap, no
@@ -22,29 +24,26 @@ impl Connection {
         let mut behind = false;
         if let Some(since) = since {
             let limit = self.node.config.replay_limit;
-            match broker.history_after(&topic, since, limit).await {
-                Ok(envelopes) => {
-                    let complete = envelopes.len() < limit;
-                    for raw in &envelopes {
-                        let Ok(env) = Envelope::parse(raw, Some(topic.as_str())) else { continue };
-                        if sent_up_to == Some(since) && env.seq > since + 1 {
-                            let message = format!(
-                                "history starts at seq {}; updates after {since} before it are gone",
-                                env.seq
-                            );
-                            if let Some(end) =
-                                self.refuse(ErrorCode::RecoveryFailed, &message, Some(topic.as_str())).await
-                            {
-                                return Some(end);
-                            }
+            match History::read(broker.as_ref(), &topic, since, limit).await {
+                Ok(history) => {
+                    if let Some(first) = history.starts_late() {
+                        let message = format!(
+                            "history starts at seq {first}; updates after {since} before it are gone"
+                        );
+                        if let Some(end) =
+                            self.refuse(ErrorCode::RecoveryFailed, &message, Some(topic.as_str())).await
+                        {
+                            return Some(end);
                         }
+                    }
+                    for env in history.envelopes(None) {
                         if let Some(end) = self.reply(env.to_message_frame()).await {
                             return Some(end);
                         }
                         self.node.metrics.recovered.inc();
                         sent_up_to = Some(env.seq);
                     }
-                    if !complete {
+                    if !history.complete() {
                         let message = format!(
                             "more than {limit} updates missed; resubscribe with the last seq received"
                         );
@@ -96,35 +95,14 @@ impl Connection {
         None
     }
 
-    /// An order topic's live stream skipped from `after` to `before`
-    /// (updates published while this node's backplane link was down):
-    /// sends the missing ones from the topic's history first, so the
-    /// client sees every update once, in order. Returns how many it sent.
-    pub(super) async fn fill_gap(&mut self, topic: &Topic, after: u64, before: u64) -> Result<u64, ()> {
-        let limit = (before - after - 1).min(self.node.config.replay_limit as u64) as usize;
-        let broker = Arc::clone(&self.node.broker);
-        let mut sent = 0;
-        match broker.history_after(topic, after, limit).await {
-            Ok(envelopes) => {
-                for raw in &envelopes {
-                    let Ok(env) = Envelope::parse(raw, Some(topic.as_str())) else { continue };
-                    if env.seq >= before {
-                        break;
-                    }
-                    self.socket.feed(Bytes::from(env.to_message_frame()));
-                    sent += 1;
-                }
-                self.node.metrics.gaps_filled.inc();
-                self.node.metrics.recovered.inc_by(sent);
-            }
-            Err(e) => tracing::debug!(%topic, error = %e, "could not fill a gap from history"),
-        }
-        if sent + 1 < before - after {
-            let message = format!("updates after {after} before {before} could not be recovered");
-            self.node.metrics.client_error(ErrorCode::RecoveryFailed);
-            let frame = wire::server::error(ErrorCode::RecoveryFailed, &message, Some(topic.as_str()), None);
-            self.socket.feed(Bytes::from(frame));
-        }
-        Ok(sent)
+    /// An order topic's live stream skipped from `after` to `before` and
+    /// the node could not fill it (the history no longer had those
+    /// updates): tells the client, before the frame that follows the hole.
+    pub(super) async fn missed(&mut self, topic: &Topic, after: u64, before: u64) -> Result<(), ()> {
+        let message = format!("updates after {after} before {before} could not be recovered");
+        self.node.metrics.client_error(ErrorCode::RecoveryFailed);
+        let frame = wire::server::error(ErrorCode::RecoveryFailed, &message, Some(topic.as_str()), None);
+        self.socket.feed(Bytes::from(frame));
+        Ok(())
     }
 }

@@ -1,33 +1,42 @@
-//! The topics one connection holds, mirrored in the hub, and what it
-//! already sent on each (to skip duplicates and notice gaps).
+//! The topics one connection holds, joined through the node's lifecycle
+//! ([`crate::topics`]), and what it already sent on each (to skip
+//! duplicates and notice a hole the node could not fill).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use wire::{Topic, TopicFamily};
 
-use crate::broker::Broker;
-use crate::hub::{ConnId, Hub, Subscriber};
+use crate::broker::BrokerError;
+use crate::hub::{ConnId, Subscriber};
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox};
+use crate::topics::Topics;
 
-/// The topics one connection holds, mirrored in the hub. Dropping it
-/// removes every hub entry and releases topics left empty.
+/// The topics one connection holds. Dropping it leaves every one.
 pub(super) struct Subscriptions {
     pub(super) conn: ConnId,
     /// Held topics and what was sent on each.
     pub(super) topics: HashMap<Topic, Sent>,
     pub(super) outbox: Arc<Outbox>,
-    pub(super) hub: Arc<Hub>,
-    pub(super) broker: Arc<dyn Broker>,
+    /// The node's lifecycle, which joins and leaves topics.
+    pub(super) lifecycle: Arc<Topics>,
     pub(super) metrics: Arc<Metrics>,
 }
 
 impl Subscriptions {
-    pub(super) fn add(&mut self, topic: Topic) {
-        self.hub.subscribe(&topic, Subscriber { conn: self.conn, outbox: Arc::clone(&self.outbox) });
-        self.topics.insert(topic, Sent::default());
+    /// Joins `topic`; resolves once the backplane confirmed. On an error
+    /// the topic is not held.
+    pub(super) async fn add(&mut self, topic: Topic) -> Result<(), BrokerError> {
+        // Recorded first: a task dropped mid-join still leaves on drop.
+        self.topics.insert(topic.clone(), Sent::default());
         self.metrics.subscriptions.inc();
+        let sub = Subscriber { conn: self.conn, outbox: Arc::clone(&self.outbox) };
+        let joined = self.lifecycle.join(&topic, sub).await;
+        if joined.is_err() {
+            self.remove(topic.as_str());
+        }
+        joined
     }
 
     pub(super) fn remove(&mut self, topic: &str) -> bool {
@@ -47,8 +56,10 @@ impl Subscriptions {
     }
 
     /// What to do with a queued frame: skip it (topic no longer held, or
-    /// already sent by recovery), send it, or first fill the gap before it
-    /// (order topics, whose seq has no holes by construction).
+    /// already sent by recovery), send it, or first say that updates
+    /// before it are missing (order topics, whose seq has no holes by
+    /// construction: the node fills gaps before it fans out, so a hole
+    /// left here means the history no longer had them).
     pub(super) fn admit(&mut self, delivery: &Delivery) -> Admit {
         let Some(sent) = self.topics.get_mut(delivery.topic.as_str()) else {
             return Admit::Skip;
@@ -71,9 +82,7 @@ impl Subscriptions {
     }
 
     fn leave(&self, topic: &Topic) {
-        if self.hub.unsubscribe(topic.as_str(), self.conn) {
-            self.broker.release(topic);
-        }
+        self.lifecycle.leave(topic, self.conn);
         self.metrics.subscriptions.dec();
     }
 }
@@ -91,7 +100,7 @@ pub(super) struct Sent {
 pub(super) enum Admit {
     Skip,
     Send,
-    /// Send the history after `after` first.
+    /// Nothing was sent between `after` and this frame.
     Gap {
         after: u64,
     },

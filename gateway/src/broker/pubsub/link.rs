@@ -61,11 +61,14 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn ping<'a>(&'a self, conn: &'a mut Self::Conn) -> BoxFuture<'a, Result<(), String>>;
 }
 
-/// What the manager asks of a link.
+/// What the manager asks of a link. `Reconnect`: drop connection `epoch`
+/// and connect again, for it stopped delivering (the delivery probe did
+/// not come back) though it looks connected.
 #[derive(Debug)]
 pub(crate) enum Command {
     Subscribe { epoch: u64, channels: Vec<String> },
     Unsubscribe { epoch: u64, channels: Vec<String> },
+    Reconnect { epoch: u64 },
 }
 
 /// What a link tells the manager.
@@ -243,8 +246,11 @@ impl<C: Connector> Session<'_, C> {
                 }
                 Ok(())
             }
+            Command::Reconnect { epoch } if epoch == self.epoch => {
+                Err("the delivery probe did not come back in time".into())
+            }
             // For an earlier connection: the manager re-sends after `Up`.
-            Command::Subscribe { .. } | Command::Unsubscribe { .. } => Ok(()),
+            Command::Subscribe { .. } | Command::Unsubscribe { .. } | Command::Reconnect { .. } => Ok(()),
         }
     }
 }

@@ -13,7 +13,7 @@
 //! - `Recorded`: wanted but not on any server (its link is down, no link
 //!   serves its slot, or a server dropped it). Sent at the next flush
 //!   once its link is up; waiters on a link that is not up are answered
-//!   `Ok` (recorded, subscribed when it returns).
+//!   [`Subscribed::Recorded`] (subscribed when it returns).
 //! - `Pending`: SUBSCRIBE sent on connection `epoch` of its link; answers
 //!   for another connection are stale and ignored.
 //! - `Held`: confirmed on the link's current connection.
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Subscribed};
 
 /// Names one link (a pub/sub connection) for the life of the node.
 pub(crate) type LinkId = usize;
@@ -85,7 +85,7 @@ pub(crate) enum Action<W> {
         epoch: u64,
         channels: Vec<String>,
     },
-    Answer(W, Result<(), BrokerError>),
+    Answer(W, Result<Subscribed, BrokerError>),
 }
 
 pub(crate) struct Table<W> {
@@ -93,6 +93,9 @@ pub(crate) struct Table<W> {
     entries: HashMap<String, Entry<W>>,
     /// Known links, with the connection generation when up.
     links: BTreeMap<LinkId, Option<u64>>,
+    /// `Up`s of links not known yet: a link may connect before the
+    /// layout that adds it is read (they come on different channels).
+    early: BTreeMap<LinkId, u64>,
     actions: Vec<Action<W>>,
     /// A server said a slot is elsewhere: the slot map needs reading.
     refresh: bool,
@@ -100,12 +103,21 @@ pub(crate) struct Table<W> {
 
 impl<W> Table<W> {
     pub(crate) fn new(grace: Duration) -> Self {
-        Table { grace, entries: HashMap::new(), links: BTreeMap::new(), actions: Vec::new(), refresh: false }
+        Table {
+            grace,
+            entries: HashMap::new(),
+            links: BTreeMap::new(),
+            early: BTreeMap::new(),
+            actions: Vec::new(),
+            refresh: false,
+        }
     }
 
-    /// A new link, down until it reports a connection.
+    /// A new link, down until it reports a connection (or up, if it
+    /// reported one already).
     pub(crate) fn add_link(&mut self, link: LinkId) {
-        self.links.entry(link).or_insert(None);
+        let early = self.early.remove(&link);
+        self.links.entry(link).or_insert(early);
     }
 
     /// Forgets a link; its entries wait for a route (call after
@@ -131,7 +143,7 @@ impl<W> Table<W> {
         });
         entry.release_at = None;
         match entry.status {
-            Status::Held => self.actions.push(Action::Answer(waiter, Ok(()))),
+            Status::Held => self.actions.push(Action::Answer(waiter, Ok(Subscribed::Confirmed))),
             _ => entry.waiters.push(waiter),
         }
     }
@@ -147,6 +159,15 @@ impl<W> Table<W> {
         });
         entry.pinned = true;
         entry.release_at = None;
+    }
+
+    /// `channel` is not wanted for life any more (a probe channel whose
+    /// slot moved): it goes at the next expiry unless a subscriber wants it.
+    pub(crate) fn unpin(&mut self, channel: &str, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(channel) {
+            entry.pinned = false;
+            entry.release_at = Some(now);
+        }
     }
 
     /// `channel` lost its last local subscriber: it goes after the grace
@@ -183,7 +204,7 @@ impl<W> Table<W> {
             }
             let Some(entry) = self.entries.remove(&channel) else { continue };
             for waiter in entry.waiters {
-                self.actions.push(Action::Answer(waiter, Ok(())));
+                self.actions.push(Action::Answer(waiter, Ok(Subscribed::Recorded)));
             }
             let on_server = matches!(entry.status, Status::Pending { .. } | Status::Held);
             if let (true, Some(link)) = (on_server, entry.link)
@@ -200,8 +221,12 @@ impl<W> Table<W> {
 
     /// `link` connected (connection `epoch`): everything it carries is sent again.
     pub(crate) fn link_up(&mut self, link: LinkId, epoch: u64) {
-        // A late `Up` of a link already removed changes nothing.
-        let Some(state) = self.links.get_mut(&link) else { return };
+        // Not known yet: kept for its layout. (A late `Up` of a link
+        // already removed is kept too, and changes nothing: ids are not reused.)
+        let Some(state) = self.links.get_mut(&link) else {
+            self.early.insert(link, epoch);
+            return;
+        };
         *state = Some(epoch);
         for entry in self.entries.values_mut().filter(|e| e.link == Some(link)) {
             entry.status = Status::Recorded;
@@ -210,6 +235,7 @@ impl<W> Table<W> {
 
     /// `link` lost its connection: its channels are recorded until it is back.
     pub(crate) fn link_down(&mut self, link: LinkId) {
+        self.early.remove(&link);
         if let Some(state) = self.links.get_mut(&link) {
             *state = None;
         }
@@ -234,7 +260,7 @@ impl<W> Table<W> {
                 Outcome::Held => {
                     entry.status = Status::Held;
                     for waiter in entry.waiters.drain(..) {
-                        self.actions.push(Action::Answer(waiter, Ok(())));
+                        self.actions.push(Action::Answer(waiter, Ok(Subscribed::Confirmed)));
                     }
                 }
                 Outcome::Refused(why) if !entry.pinned => {
@@ -319,7 +345,7 @@ impl<W> Table<W> {
                 }
                 None => {
                     for waiter in entry.waiters.drain(..) {
-                        self.actions.push(Action::Answer(waiter, Ok(())));
+                        self.actions.push(Action::Answer(waiter, Ok(Subscribed::Recorded)));
                     }
                 }
             }
@@ -338,6 +364,11 @@ impl<W> Table<W> {
                 e.link == Some(link)
                     && matches!(e.status, Status::Recorded | Status::Pending { resync: true, .. })
             })
+    }
+
+    /// `link`'s connection generation while it is up.
+    pub(crate) fn epoch(&self, link: LinkId) -> Option<u64> {
+        self.links.get(&link).copied().flatten()
     }
 
     /// Wanted channels that no link serves (an unserved slot).
@@ -567,5 +598,39 @@ mod tests {
         // The pinned reply channel is never released.
         t.release("reply", Instant::now());
         assert_eq!(t.next_release(), None);
+    }
+
+    #[test]
+    fn a_link_that_connects_before_its_layout_is_read_is_up() {
+        let mut t: Table<u32> = Table::new(GRACE);
+        t.pin("reply", None);
+        t.link_up(3, 1);
+        t.add_link(3);
+        t.reroute(|_| Some(3));
+        assert_eq!(subscribes(&t.take_actions()), vec![(3, 1, names(&["reply"]))]);
+        t.answered(3, 1, vec![("reply".into(), Outcome::Held)]);
+        assert!(t.link_ready(3));
+        // An early `Up` whose connection was lost before the layout: down.
+        t.link_up(4, 1);
+        t.link_down(4);
+        t.add_link(4);
+        assert_eq!(t.epoch(4), None);
+    }
+
+    #[test]
+    fn an_unpinned_channel_goes_at_the_next_expiry() {
+        let mut t = up_table(&[0]);
+        let now = Instant::now();
+        t.pin("probe", Some(0));
+        t.take_actions();
+        t.answered(0, 1, vec![("probe".into(), Outcome::Held)]);
+        assert_eq!(t.epoch(0), Some(1));
+        t.unpin("probe", now);
+        assert_eq!(t.next_release(), Some(now));
+        t.expire(now, |_| false);
+        assert_eq!(unsubscribes(&t.take_actions()), vec![(0, names(&["probe"]))]);
+        assert_eq!(t.carried(0), 0);
+        t.link_down(0);
+        assert_eq!(t.epoch(0), None);
     }
 }

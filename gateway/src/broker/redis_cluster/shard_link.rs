@@ -2,9 +2,9 @@
 //! own (not redis-rs's cluster connection, whose repair of one node's
 //! link rebuilds the healthy ones too and drops their pushes), carrying
 //! the sharded subscriptions of the slots that master serves. Pushes are
-//! read by a reader task: `smessage` into the hub or the request table,
-//! a `sunsubscribe` the server sent (a slot it gave up) and a dropped
-//! socket to the link as notices.
+//! read by a reader task: `smessage` to the node's sink (messages and
+//! order replies), a `sunsubscribe` the server sent (a slot it gave up)
+//! and a dropped socket to the link as notices.
 
 use std::time::Duration;
 
