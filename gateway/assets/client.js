@@ -42,6 +42,7 @@ const QUOTES = "quotes.";
 
 /** Close codes after which reconnecting cannot help. */
 const TERMINAL_CLOSES = new Set([
+  1002, // a WebSocket protocol violation: a client (library) bug
   1007, // a text frame that was not valid UTF-8: a client bug
   1009, // a frame over the gateway's max_frame_bytes: a client bug
   4003, // too_many_errors: a client bug

@@ -95,8 +95,9 @@ pub struct Config {
     /// A topic's last local subscriber leaving keeps the Redis
     /// subscription this long, so quick resubscribes do not flap.
     pub unsubscribe_grace_ms: u64,
-    /// Bytes read from a socket at a time (tungstenite's default is 128
-    /// KiB, which alone costs 1.3 GB at 10,000 idle clients).
+    /// Bytes read from a socket per call, at most 16 KiB. The buffer is on
+    /// the thread's stack, used only while a socket is readable: an idle
+    /// connection holds none (see `ws::socket`).
     pub ws_read_buffer_bytes: usize,
     /// Frames queued for a socket are gathered up to this many bytes and
     /// written with one syscall.
@@ -392,7 +393,12 @@ impl Config {
             ("ping_timeout_ms", self.ping_timeout_ms, 10, 3_600_000),
             ("drain_ms", self.drain_ms, 0, 3_600_000),
             ("unsubscribe_grace_ms", self.unsubscribe_grace_ms, 0, 3_600_000),
-            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64, 64, 16 << 20),
+            (
+                "ws_read_buffer_bytes",
+                self.ws_read_buffer_bytes as u64,
+                64,
+                crate::ws::socket::READ_CHUNK_MAX as u64,
+            ),
             ("ws_write_buffer_bytes", self.ws_write_buffer_bytes as u64, 0, 16 << 20),
             ("redis_timeout_ms", self.redis_timeout_ms, 10, 600_000),
             ("probe_timeout_ms", self.probe_timeout_ms, 50, 600_000),

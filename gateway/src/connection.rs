@@ -2,25 +2,26 @@
 //! replies and queued frames, keeps the heartbeat and closes on shutdown.
 //!
 //! Frames for the client wait in its [`Outbox`]; the task takes them all
-//! at once and writes them with one flush, so a busy socket gets many
-//! frames per syscall. Replies to commands go out through the same
-//! buffered writer, before any frame queued after them. The
+//! at once and writes them with one flush (one `writev` of headers and
+//! shared payloads, see [`crate::ws`]), so a busy socket gets many frames
+//! per syscall. Replies to commands go out through the same queue,
+//! before any frame queued after them. The
 //! [`Subscriptions`] guard releases every hub entry when the task ends,
 //! however it ends.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use serde_json::value::RawValue;
 use service::telemetry::trace::{self, Kind, Role};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 use wire::client::{Command, Refusal};
@@ -32,6 +33,7 @@ use crate::broker::{BoxFuture, BrokerError};
 use crate::metrics::OrderOutcome;
 use crate::node::{Admission, Node};
 use crate::outbox::{Delivery, Limits, Outbox};
+use crate::ws::{Message, Socket, Violation};
 
 mod rate_limit;
 mod recovery;
@@ -55,13 +57,18 @@ struct OrderDone {
 }
 
 /// Runs one upgraded connection to its end.
-pub async fn serve(
-    socket: WebSocket,
+///
+/// A plain function returning a future, not an `async fn`: the task then
+/// holds the connection's state once (an `async fn` keeps its arguments
+/// and locals beside the futures they are moved into: ~1.8 KB per
+/// connection more).
+pub fn serve(
+    socket: Socket,
     node: Arc<Node>,
     peer: SocketAddr,
     identity: Result<Identity, AuthError>,
     admission: Admission,
-) {
+) -> impl Future<Output = ()> + Send {
     let id = node.next_conn_id();
     let span = tracing::debug_span!("conn", conn.id = id.0, client.addr = %peer);
     node.metrics.connections.inc();
@@ -78,7 +85,7 @@ pub async fn serve(
         let left = exp.saturating_sub(wire::now_ms() / 1000);
         now + Duration::from_secs(left)
     });
-    let conn = Connection {
+    let mut conn = Connection {
         identity,
         expires_at,
         subs: Subscriptions {
@@ -100,12 +107,19 @@ pub async fn serve(
         node,
     };
     let metrics = Arc::clone(&conn.node.metrics);
-    match refused {
-        None => conn.run().instrument(span).await,
-        Some(e) => conn.refuse_token(&e.to_string()).instrument(span).await,
-    }
-    metrics.connections.dec();
-    drop(admission);
+    // `conn` is used in place through `&mut` (a `self` taken by value is
+    // stored twice in an async fn's state).
+    let session = async move {
+        match refused {
+            None => conn.run().await,
+            // Rare: boxed, so it adds nothing to every connection's task.
+            Some(e) => Box::pin(conn.refuse_token(e.to_string())).await,
+        }
+        drop(conn);
+        metrics.connections.dec();
+        drop(admission);
+    };
+    session.instrument(span)
 }
 
 struct Connection {
@@ -114,7 +128,7 @@ struct Connection {
     identity: Identity,
     /// The token's expiry: the connection is closed (1008) then.
     expires_at: Option<Instant>,
-    socket: WebSocket,
+    socket: Socket,
     outbox: Arc<Outbox>,
     subs: Subscriptions,
     /// Reused buffer the outbox is swapped into.
@@ -137,31 +151,40 @@ struct Connection {
 /// How the task ends: with a close frame of ours, or with the socket gone.
 enum End {
     Close(CloseCode),
+    /// The client broke RFC 6455: closed with the RFC's code and the rule.
+    Violation(Violation),
     Gone,
 }
 
 impl Connection {
-    async fn run(mut self) {
-        let session = uuid::Uuid::new_v4().to_string();
-        tracing::debug!(session, "connected");
-        let welcome = wire::server::welcome(&self.node.id, &session);
-        let end = match self.send_now(welcome).await {
+    async fn run(&mut self) {
+        let welcome = {
+            let session = uuid::Uuid::new_v4().to_string();
+            tracing::debug!(session, "connected");
+            wire::server::welcome(&self.node.id, &session)
+        };
+        let end = match Box::pin(self.send_now(welcome)).await {
             Ok(()) => self.serve().await,
             Err(()) => End::Gone,
         };
-        if let End::Close(code) = end {
-            Box::pin(self.close(code)).await;
+        match end {
+            End::Close(code) => Box::pin(self.close(code, code.reason())).await,
+            End::Violation(v) => {
+                tracing::debug!(error = %v, "websocket protocol violation; closing");
+                Box::pin(self.close(v.code, v.reason)).await;
+            }
+            End::Gone => {}
         }
         tracing::debug!("disconnected");
     }
 
     /// A client whose token was refused: say why, then close with 1008.
-    async fn refuse_token(mut self, why: &str) {
+    async fn refuse_token(&mut self, why: String) {
         tracing::debug!(error = why, "token refused");
         self.node.metrics.client_error(ErrorCode::Unauthorized);
-        let frame = wire::server::error(ErrorCode::Unauthorized, why, None, None);
+        let frame = wire::server::error(ErrorCode::Unauthorized, &why, None, None);
         if self.send_now(frame).await.is_ok() {
-            self.close(CloseCode::PolicyViolation).await;
+            self.close(CloseCode::PolicyViolation, CloseCode::PolicyViolation.reason()).await;
         }
     }
 
@@ -199,7 +222,10 @@ impl Connection {
                 }
                 msg = self.socket.recv() => {
                     self.pong_deadline = None;
-                    if let Some(end) = self.on_frame(msg).await {
+                    // Boxed: a command's handling (subscribe, order,
+                    // refusals) is the largest branch, and rare next to
+                    // the writes; every idle task would carry its state.
+                    if let Some(end) = Box::pin(self.on_frame(msg)).await {
                         return end;
                     }
                     if self.socket.flush().await.is_err() {
@@ -244,7 +270,7 @@ impl Connection {
             if self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + self.node.config.ping_timeout());
             }
-            if self.socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+            if self.socket.ping().await.is_err() {
                 return Some(End::Gone);
             }
         }
@@ -291,9 +317,7 @@ impl Connection {
                     }
                 }
             }
-            if self.socket.feed(Message::Text(delivery.text.clone())).await.is_err() {
-                failed = true;
-            }
+            self.socket.feed(Bytes::from(delivery.text.clone()));
             sent += 1;
         }
         // Keep the spare buffer from growing without bound after a burst.
@@ -313,30 +337,35 @@ impl Connection {
         None
     }
 
-    async fn on_frame(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {
+    async fn on_frame(&mut self, msg: Option<Result<Message, Violation>>) -> Option<End> {
         let msg = match msg {
             None => return Some(End::Gone),
             Some(Ok(msg)) => msg,
-            Some(Err(e)) => return Some(read_error(e)),
+            Some(Err(violation)) => return Some(End::Violation(violation)),
         };
-        if matches!(msg, Message::Text(_) | Message::Binary(_)) && !self.limiter.allow(Instant::now()) {
+        if matches!(msg, Message::Text(_) | Message::Binary) && !self.limiter.allow(Instant::now()) {
             let message = format!("at most {} commands per second", self.node.config.max_commands_per_sec);
             self.refuse(ErrorCode::RateLimited, &message, None).await;
             return self.strike();
         }
         match msg {
             Message::Text(text) => self.on_text(&text).await,
-            Message::Binary(_) => {
+            Message::Binary => {
                 let message = "binary frames are not supported; send JSON text frames";
                 if let Some(end) = self.refuse(ErrorCode::BinaryNotSupported, message, None).await {
                     return Some(end);
                 }
                 self.strike()
             }
-            Message::Ping(_) | Message::Pong(_) => None,
-            Message::Close(_) => {
-                // Sends the close reply tungstenite queued.
-                let _ = self.socket.flush().await;
+            // Answered with the next flush (the loop's, after this frame).
+            Message::Ping(payload) => {
+                self.socket.pong(payload);
+                None
+            }
+            Message::Pong => None,
+            Message::Close(code) => {
+                // The client closes: echo its code (RFC 6455 §5.5.1).
+                let _ = self.socket.close_reply(code).await;
                 Some(End::Gone)
             }
         }
@@ -519,10 +548,8 @@ impl Connection {
 
     /// Queues a reply in the socket's write buffer (flushed by the loop).
     async fn reply(&mut self, frame: String) -> Option<End> {
-        match self.socket.feed(Message::Text(Utf8Bytes::from(frame))).await {
-            Ok(()) => None,
-            Err(_) => Some(End::Gone),
-        }
+        self.socket.feed(Bytes::from(frame));
+        None
     }
 
     /// Counts one malformed or rate-limited command; past the budget the
@@ -547,24 +574,16 @@ impl Connection {
     }
 
     async fn send_now(&mut self, frame: String) -> Result<(), ()> {
-        self.socket.send(Message::Text(Utf8Bytes::from(frame))).await.map_err(|_| ())
+        self.socket.send(Bytes::from(frame)).await.map_err(|_| ())
     }
 
     /// Sends our close frame and waits briefly for the client's.
-    async fn close(&mut self, code: CloseCode) {
+    async fn close(&mut self, code: CloseCode, reason: &str) {
         self.node.metrics.closed(code);
-        let frame = CloseFrame { code: code.code(), reason: Utf8Bytes::from_static(code.reason()) };
-        if self.socket.send(Message::Close(Some(frame))).await.is_err() {
+        if self.socket.close(code.code(), reason).await.is_err() {
             return;
         }
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-            while let Some(Ok(msg)) = self.socket.recv().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, self.socket.linger()).await;
     }
 }
 
@@ -582,14 +601,4 @@ async fn next_reply(
 fn ready_reply(orders: &mut Option<FuturesUnordered<BoxFuture<'static, OrderDone>>>) -> Option<OrderDone> {
     let orders = orders.as_mut().filter(|o| !o.is_empty())?;
     orders.next().now_or_never().flatten()
-}
-
-/// Maps a read error to how the connection ends.
-fn read_error(e: axum::Error) -> End {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig),
-        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
-        _ => End::Gone,
-    }
 }

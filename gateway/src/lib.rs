@@ -30,6 +30,7 @@ pub(crate) mod requests;
 pub(crate) mod server;
 pub(crate) mod subscribers;
 pub(crate) mod topics;
+pub(crate) mod ws;
 
 pub use config::Config;
 pub use node::raise_open_file_limit;

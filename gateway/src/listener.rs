@@ -13,8 +13,8 @@
 //! they are closed at once. `accept()` failing (no files left) backs off
 //! instead of spinning, logged once per episode.
 //!
-//! Written by hand on hyper-util's connection builder because `axum::serve`
-//! offers no header timeout and no hook at accept time.
+//! Written by hand on hyper's HTTP/1 connection builder because
+//! `axum::serve` offers no header timeout and no hook at accept time.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,8 +28,8 @@ use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use axum::response::Response;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -172,10 +172,11 @@ where
     S: tower::Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(keep_alive);
-    let builder = builder.http1_only();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service));
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(keep_alive);
+    // hyper's own HTTP/1 connection (not hyper-util's auto one, which wraps
+    // the stream in a private type): its upgrade hands back the TcpStream.
+    let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -185,7 +186,7 @@ where
         }
     };
     if let Err(e) = result {
-        let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+        let timed_out = e.is_timeout();
         if timed_out {
             node.metrics.request_timeouts.inc();
         }

@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Extension, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Extension, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use publisher::Engine;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::node::{Node, NodeParts, Refused};
 use crate::requests::Requests;
 use crate::topics::Topics;
-use crate::{connection, demo, http, page};
+use crate::{connection, demo, http, page, ws};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -204,9 +205,13 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(slot): Extension<AdmissionSlot>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let headers = request.headers();
+    let accept = match ws::handshake::check(request.method(), request.version(), headers) {
+        Ok(accept) => accept,
+        Err(refusal) => return refusal.into_response(),
+    };
     if let Some(origin) = headers.get(header::ORIGIN)
         && !origin_allowed(&node.config.allowed_origins, origin.to_str().unwrap_or(""))
     {
@@ -218,23 +223,40 @@ async fn upgrade(
         node.metrics.refused(Refused::Draining.reason());
         return refusal(Refused::Draining);
     }
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = crate::auth::token_from(query.as_deref(), authorization);
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded").into_response();
+    };
     // One upgrade per connection: hyper hands the socket over with it.
     let Some(mut admission) = slot.take() else {
         return (StatusCode::BAD_REQUEST, "this connection was upgraded already").into_response();
     };
     admission.upgraded();
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let token = crate::auth::token_from(query.as_deref(), authorization);
     // A refused token still gets the upgrade, so a browser client can read
     // why in the close frame (1008) instead of an opaque failed handshake.
     let identity = node.auth.authenticate(token.as_deref());
     let cfg = &node.config;
-    ws.read_buffer_size(cfg.ws_read_buffer_bytes)
-        .write_buffer_size(cfg.ws_write_buffer_bytes)
-        .max_message_size(cfg.max_frame_bytes)
-        .max_frame_size(cfg.max_frame_bytes)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| connection::serve(socket, node, peer, identity, admission))
+    let limits = ws::Limits {
+        max_message: cfg.max_frame_bytes,
+        read_chunk: cfg.ws_read_buffer_bytes,
+        write_gather: cfg.ws_write_buffer_bytes,
+    };
+    // The upgrade completes once hyper has written the 101 below. A
+    // combinator, not an async block: the task holds either the wait for
+    // the upgrade or the connection, never both.
+    let connection = on_upgrade.then(move |upgraded| match upgraded {
+        Ok(upgraded) => {
+            let socket = ws::Socket::new(upgraded, limits);
+            Either::Left(connection::serve(socket, node, peer, identity, admission))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            Either::Right(std::future::ready(()))
+        }
+    });
+    tokio::spawn(connection);
+    ws::handshake::switching(&accept)
 }
 
 /// Whether a browser's `Origin` may connect: any when the list is empty.

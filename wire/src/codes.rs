@@ -124,7 +124,10 @@ impl fmt::Display for ErrorCode {
 pub enum CloseCode {
     /// 1000: the client asked to close.
     Normal,
-    /// 1007: a text frame that is not valid UTF-8.
+    /// 1002: the client broke RFC 6455 (an unmasked frame, reserved bits or
+    /// opcodes, a bad fragment sequence or control frame, a bad close).
+    ProtocolError,
+    /// 1007: a text frame (or close reason) that is not valid UTF-8.
     InvalidPayload,
     /// 1008: bad or expired token, or a forbidden origin. Do not retry as is.
     PolicyViolation,
@@ -149,6 +152,7 @@ impl CloseCode {
     pub const fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
+            CloseCode::ProtocolError => 1002,
             CloseCode::InvalidPayload => 1007,
             CloseCode::PolicyViolation => 1008,
             CloseCode::MessageTooBig => 1009,
@@ -165,6 +169,7 @@ impl CloseCode {
     pub const fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal",
+            CloseCode::ProtocolError => "protocol_error",
             CloseCode::InvalidPayload => "invalid_payload",
             CloseCode::PolicyViolation => "policy_violation",
             CloseCode::MessageTooBig => "message_too_big",

@@ -6,8 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, Utf8Bytes};
-use futures_util::SinkExt;
+use bytes::Bytes;
 use wire::envelope::Envelope;
 use wire::{ErrorCode, Topic, TopicFamily};
 
@@ -103,6 +102,7 @@ impl Connection {
         let message = format!("updates after {after} before {before} could not be recovered");
         self.node.metrics.client_error(ErrorCode::RecoveryFailed);
         let frame = wire::server::error(ErrorCode::RecoveryFailed, &message, Some(topic.as_str()), None);
-        self.socket.feed(Message::Text(Utf8Bytes::from(frame))).await.map_err(|_| ())
+        self.socket.feed(Bytes::from(frame));
+        Ok(())
     }
 }
