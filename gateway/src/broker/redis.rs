@@ -95,14 +95,21 @@ pub struct Checked {
     owner: Arc<redis_backplane::SharedConnection>,
 }
 
+impl Checked {
+    /// Passes `result` on, dropping the shared connection if it failed.
+    fn seen<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result {
+            self.owner.failed(e);
+        }
+        result
+    }
+}
+
 impl ConnectionLike for Checked {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             let result = self.conn.req_packed_command(cmd).await;
-            if let Err(e) = &result {
-                self.owner.failed(e);
-            }
-            result
+            self.seen(result)
         })
     }
 
@@ -114,10 +121,7 @@ impl ConnectionLike for Checked {
     ) -> RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
             let result = self.conn.req_packed_commands(pipeline, offset, count).await;
-            if let Err(e) = &result {
-                self.owner.failed(e);
-            }
-            result
+            self.seen(result)
         })
     }
 
