@@ -317,7 +317,7 @@ impl Connection {
                     }
                 }
             }
-            self.socket.feed(Bytes::from(delivery.text.clone()));
+            self.socket.feed(delivery.text.clone());
             sent += 1;
         }
         // Keep the spare buffer from growing without bound after a burst.

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use tokio::sync::Notify;
 use wire::Topic;
 
@@ -22,7 +22,8 @@ use wire::Topic;
 pub struct Delivery {
     pub topic: Topic,
     pub seq: u64,
-    pub text: Utf8Bytes,
+    /// The client frame's payload (JSON, so valid UTF-8 by construction).
+    pub text: Bytes,
     /// A newer frame of the same topic supersedes this one (quotes).
     pub conflatable: bool,
     /// When it was fanned out, on the few messages whose queue wait is
@@ -135,7 +136,7 @@ mod tests {
     fn delivery(topic: &str, seq: u64) -> Arc<Delivery> {
         let topic = Topic::parse(topic).unwrap();
         let conflatable = topic.family() == wire::TopicFamily::Quotes;
-        Arc::new(Delivery { topic, seq, text: Utf8Bytes::from_static("{}"), conflatable, fanned_out: None })
+        Arc::new(Delivery { topic, seq, text: Bytes::from_static(b"{}"), conflatable, fanned_out: None })
     }
 
     fn seqs(outbox: &Outbox) -> Vec<(String, u64)> {
@@ -177,7 +178,7 @@ mod tests {
     #[test]
     fn byte_limit_counts_too() {
         let big = |seq| {
-            let text = Utf8Bytes::from("x".repeat(600));
+            let text = Bytes::from("x".repeat(600));
             let topic = Topic::parse("orders.a").unwrap();
             Arc::new(Delivery { topic, seq, text, conflatable: false, fanned_out: None })
         };
