@@ -9,7 +9,7 @@
 //! [`Subscriptions`] guard releases every hub entry when the task ends,
 //! however it ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ mod recovery;
 mod subscriptions;
 
 use rate_limit::RateLimiter;
-use subscriptions::{Admit, Subscriptions};
+use subscriptions::{Admit, Held, Subscriptions};
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
@@ -90,7 +90,7 @@ pub fn serve(
         expires_at,
         subs: Subscriptions {
             conn: id,
-            topics: HashMap::new(),
+            topics: Held::default(),
             outbox: Arc::clone(&outbox),
             lifecycle: Arc::clone(&node.topics),
             metrics: Arc::clone(&node.metrics),
@@ -513,7 +513,7 @@ impl Connection {
     }
 
     async fn subscribe(&mut self, topic: Topic, since: Option<u64>) -> Option<End> {
-        if self.subs.topics.contains_key(topic.as_str()) {
+        if self.subs.topics.contains(topic.as_str()) {
             return self
                 .refuse(
                     ErrorCode::AlreadySubscribed,
