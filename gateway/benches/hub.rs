@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use gateway::hub::{ConnId, Hub, Subscriber};
 use gateway::metrics::Metrics;
 use gateway::outbox::{Delivery, Limits, Outbox};
@@ -25,7 +25,7 @@ use wire::Topic;
 const SPREAD_TOPICS: usize = 1_000;
 
 fn delivery(topic: &Topic, seq: u64) -> Delivery {
-    let text = Utf8Bytes::from(format!(
+    let text = Bytes::from(format!(
         r#"{{"type":"message","topic":"{}","seq":{seq},"ts":1,"data":{{"bid":1.0}}}}"#,
         topic.as_str()
     ));

@@ -9,7 +9,7 @@
 //! [`Subscriptions`] guard releases every hub entry when the task ends,
 //! however it ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,10 +40,16 @@ mod recovery;
 mod subscriptions;
 
 use rate_limit::RateLimiter;
-use subscriptions::{Admit, Subscriptions};
+use subscriptions::{Admit, Held, Subscriptions};
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// Orders in flight. Boxed, and so are their answers: the set's 24 B and
+/// an answer's ~130 B (the `select!`'s output in every connection's
+/// task is as large as its largest branch's) are only paid by
+/// connections that place orders.
+type Orders = Box<FuturesUnordered<BoxFuture<'static, Box<OrderDone>>>>;
 
 /// An order's answer, ready to write, and what is measured when it is.
 struct OrderDone {
@@ -90,7 +96,7 @@ pub fn serve(
         expires_at,
         subs: Subscriptions {
             conn: id,
-            topics: HashMap::new(),
+            topics: Held::default(),
             outbox: Arc::clone(&outbox),
             lifecycle: Arc::clone(&node.topics),
             metrics: Arc::clone(&node.metrics),
@@ -136,7 +142,7 @@ struct Connection {
     /// Orders waiting for their reply; each yields the frame to send.
     /// Created at the first order, so connections that never place one
     /// do not carry it.
-    orders: Option<FuturesUnordered<BoxFuture<'static, OrderDone>>>,
+    orders: Option<Orders>,
     next_ping: Instant,
     /// Set when a ping is out; cleared by any frame from the client.
     pong_deadline: Option<Instant>,
@@ -279,12 +285,13 @@ impl Connection {
 
     /// Writes an order's reply; its spans (a span ends when last exited)
     /// and its round trip end once the reply is on the wire.
-    async fn send_reply(&mut self, done: OrderDone) -> Result<(), ()> {
-        let sent = match done.spans {
-            Some((order, delivery)) => self.send_now(done.frame).instrument(delivery).instrument(order).await,
-            None => self.send_now(done.frame).await,
+    async fn send_reply(&mut self, done: Box<OrderDone>) -> Result<(), ()> {
+        let OrderDone { frame, outcome, received, spans } = *done;
+        let sent = match spans {
+            Some((order, delivery)) => self.send_now(frame).instrument(delivery).instrument(order).await,
+            None => self.send_now(frame).await,
         };
-        self.node.metrics.order_done(done.outcome, done.received.elapsed().as_secs_f64());
+        self.node.metrics.order_done(outcome, received.elapsed().as_secs_f64());
         sent
     }
 
@@ -317,7 +324,7 @@ impl Connection {
                     }
                 }
             }
-            self.socket.feed(Bytes::from(delivery.text.clone()));
+            self.socket.feed(delivery.text.clone());
             sent += 1;
         }
         // Keep the spare buffer from growing without bound after a burst.
@@ -417,7 +424,7 @@ impl Connection {
     ) -> Option<End> {
         let received = std::time::Instant::now();
         let node = &self.node;
-        if self.orders.as_ref().map_or(0, FuturesUnordered::len) >= node.config.max_pending_orders {
+        if self.orders.as_ref().map_or(0, |o| o.len()) >= node.config.max_pending_orders {
             node.metrics.client_error(ErrorCode::RateLimited);
             let message =
                 format!("at most {} orders in flight per connection", node.config.max_pending_orders);
@@ -506,14 +513,14 @@ impl Connection {
                 let delivery = trace::child("gateway.order.reply", Role::Internal, &span);
                 (span, delivery)
             });
-            OrderDone { frame, outcome, received, spans }
+            Box::new(OrderDone { frame, outcome, received, spans })
         };
-        self.orders.get_or_insert_with(FuturesUnordered::new).push(Box::pin(round_trip.instrument(within)));
+        self.orders.get_or_insert_default().push(Box::pin(round_trip.instrument(within)));
         None
     }
 
     async fn subscribe(&mut self, topic: Topic, since: Option<u64>) -> Option<End> {
-        if self.subs.topics.contains_key(topic.as_str()) {
+        if self.subs.topics.contains(topic.as_str()) {
             return self
                 .refuse(
                     ErrorCode::AlreadySubscribed,
@@ -588,9 +595,7 @@ impl Connection {
 }
 
 /// The next order reply, once there are orders in flight.
-async fn next_reply(
-    orders: &mut Option<FuturesUnordered<BoxFuture<'static, OrderDone>>>,
-) -> Option<OrderDone> {
+async fn next_reply(orders: &mut Option<Orders>) -> Option<Box<OrderDone>> {
     match orders {
         Some(orders) => orders.next().await,
         None => None,
@@ -598,7 +603,7 @@ async fn next_reply(
 }
 
 /// An order round trip that has finished, without waiting for one.
-fn ready_reply(orders: &mut Option<FuturesUnordered<BoxFuture<'static, OrderDone>>>) -> Option<OrderDone> {
+fn ready_reply(orders: &mut Option<Orders>) -> Option<Box<OrderDone>> {
     let orders = orders.as_mut().filter(|o| !o.is_empty())?;
     orders.next().now_or_never().flatten()
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use service::telemetry::trace;
 use tracing::field::Empty;
 use wire::envelope::Envelope;
@@ -244,7 +244,7 @@ impl Hub {
             sampled.attach(&span);
             span
         });
-        let text = Utf8Bytes::from(env.to_message_frame());
+        let text = Bytes::from(env.to_message_frame());
         let conflatable = family == TopicFamily::Quotes;
         let fanned_out = n.is_multiple_of(QUEUE_WAIT_EVERY).then(Instant::now);
         let done = self.dispatch(Delivery { topic, seq: env.seq, text, conflatable, fanned_out });
@@ -299,9 +299,6 @@ mod tests {
         a.outbox.take(&mut qa);
         b.outbox.take(&mut qb);
         assert!(Arc::ptr_eq(&qa[0], &qb[0]), "both subscribers share one frame");
-        assert_eq!(
-            qa[0].text.as_str(),
-            r#"{"type":"message","topic":"quotes.A","seq":1,"ts":2,"data":{"p":1}}"#
-        );
+        assert_eq!(qa[0].text, r#"{"type":"message","topic":"quotes.A","seq":1,"ts":2,"data":{"p":1}}"#);
     }
 }

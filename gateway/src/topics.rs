@@ -54,21 +54,32 @@ impl Topics {
     /// Adds `sub` to `topic`; resolves once the backplane carries the
     /// topic to this node (or recorded it while away). On an error `sub`
     /// is not subscribed.
-    pub(crate) async fn join(&self, topic: &Topic, sub: Subscriber) -> Result<(), BrokerError> {
-        let gate = {
+    ///
+    /// Returns the node's copy of the name (the first joiner's, which the
+    /// hub keys the topic by): a connection that keeps it instead of the
+    /// one it parsed holds no name of its own (~48 B per connection).
+    pub(crate) async fn join(&self, topic: &Topic, sub: Subscriber) -> Result<Topic, BrokerError> {
+        let (shared, gate) = {
             let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(gates.entry(topic.clone()).or_default())
+            match gates.get_key_value(topic.as_str()) {
+                Some((shared, gate)) => (shared.clone(), Arc::clone(gate)),
+                None => {
+                    let gate = Gate::default();
+                    gates.insert(topic.clone(), Arc::clone(&gate));
+                    (topic.clone(), gate)
+                }
+            }
         };
         let mut confirmed = gate.lock().await;
         let conn = sub.conn;
-        let first = self.hub.subscribe(topic, sub);
+        let first = self.hub.subscribe(&shared, sub);
         if !first && *confirmed {
-            return Ok(());
+            return Ok(shared);
         }
-        match self.broker.subscribe(topic).await {
+        match self.broker.subscribe(&shared).await {
             Ok(answer) => {
                 *confirmed = answer == Subscribed::Confirmed;
-                Ok(())
+                Ok(shared)
             }
             Err(e) => {
                 self.leave(topic, conn);

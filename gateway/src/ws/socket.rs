@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::frame::{self, Header, Opcode, Violation};
@@ -271,27 +271,45 @@ impl Socket {
         self.input = Vec::new();
     }
 
-    /// Writes every queued frame.
-    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+    /// Writes every queued frame. A hand-written poll, as `recv`: the
+    /// future its callers hold is a reference, not tokio's readiness
+    /// future and a boxed writer (~190 B in every connection's task).
+    pub(crate) fn flush(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_flush(cx))
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let gather = self.limits.write_gather;
         while !self.queue.is_empty() {
-            match &mut self.io {
+            let (queue, written) = (&self.queue, self.written);
+            let wrote = match &mut self.io {
                 Transport::Tcp(tcp) => {
-                    match write_now(tcp, &mut self.queue, &mut self.written, self.limits.write_gather) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
-                        Err(e) => return Err(e),
+                    match write_gathered(queue, written, gather, |s| Poll::Ready(tcp.try_write_vectored(s))) {
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // The failed write cleared the readiness: this waits.
+                            ready!(tcp.poll_write_ready(cx))?;
+                            continue;
+                        }
+                        wrote => ready!(wrote)?,
                     }
                 }
-                // Boxed: connections on the TCP path do not carry its state.
                 Transport::Upgraded(io) => {
-                    Box::pin(write_async(io, &mut self.queue, &mut self.written)).await?
+                    let write = |s: &[IoSlice<'_>]| Pin::new(io.as_mut()).poll_write_vectored(cx, s);
+                    ready!(write_gathered(queue, written, gather, write))?
                 }
+            };
+            if wrote == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            advance(&mut self.queue, &mut self.written, wrote);
+        }
+        if let Transport::Upgraded(io) = &mut self.io {
+            ready!(Pin::new(io.as_mut()).poll_flush(cx))?;
         }
         if self.queue.capacity() > QUEUE_KEEP {
             self.queue = VecDeque::new();
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -308,14 +326,15 @@ fn read_now(tcp: &TcpStream, input: &mut Vec<u8>, chunk: usize) -> io::Result<us
     Ok(n)
 }
 
-/// One non-blocking vectored write of the queue's first frames (headers
-/// made here, payloads shared), up to `gather` bytes (at least a frame).
-fn write_now(
-    tcp: &TcpStream,
-    queue: &mut VecDeque<Out>,
-    written: &mut usize,
+/// One vectored write (by `write`) of the queue's first frames, headers
+/// made here and payloads shared, up to `gather` bytes (at least a
+/// frame), from `written` bytes into the first; returns what `write` did.
+fn write_gathered(
+    queue: &VecDeque<Out>,
+    written: usize,
     gather: usize,
-) -> io::Result<()> {
+    write: impl FnOnce(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
     let mut headers = [Header::EMPTY; WRITE_FRAMES_MAX];
     let mut frames = 0;
     let mut bytes = 0;
@@ -329,7 +348,7 @@ fn write_now(
     }
     let mut slices = [IoSlice::new(&[]); 2 * WRITE_FRAMES_MAX];
     let mut n = 0;
-    let mut skip = *written;
+    let mut skip = written;
     for (header, out) in headers[..frames].iter().zip(queue.iter()) {
         for part in [header.as_slice(), &out.payload[..]] {
             if skip >= part.len() {
@@ -341,12 +360,7 @@ fn write_now(
             n += 1;
         }
     }
-    let wrote = tcp.try_write_vectored(&slices[..n])?;
-    if wrote == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
-    }
-    advance(queue, written, wrote);
-    Ok(())
+    write(&slices[..n])
 }
 
 /// Drops the frames `wrote` bytes completed; keeps the offset into the next.
@@ -361,21 +375,4 @@ fn advance(queue: &mut VecDeque<Out>, written: &mut usize, wrote: usize) {
         queue.pop_front();
     }
     *written = left;
-}
-
-/// The generic transport's write: each frame's header and payload.
-async fn write_async(
-    io: &mut TokioIo<Upgraded>,
-    queue: &mut VecDeque<Out>,
-    written: &mut usize,
-) -> io::Result<()> {
-    while let Some(out) = queue.pop_front() {
-        let header = Header::new(out.opcode, out.payload.len());
-        let skip = std::mem::take(written);
-        let mut frame = Vec::with_capacity(header.as_slice().len() + out.payload.len());
-        frame.extend_from_slice(header.as_slice());
-        frame.extend_from_slice(&out.payload);
-        io.write_all(&frame[skip.min(frame.len())..]).await?;
-    }
-    io.flush().await
 }
