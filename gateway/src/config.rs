@@ -35,6 +35,12 @@ pub struct Config {
     /// sharded pub/sub (SSUBSCRIBE / SPUBLISH), so each message only
     /// crosses the shard that owns its channel's slot.
     pub redis_cluster: bool,
+    /// With `redis_cluster`: each shard's topics are also subscribed on
+    /// one of its master's replicas, so a planned `CLUSTER FAILOVER`
+    /// loses no message (the promoted replica keeps those subscriptions
+    /// while the old master ends them); duplicates are dropped by `seq`.
+    /// Costs a second copy of every message from Redis to this node.
+    pub redis_cluster_standby: bool,
     /// Redis Sentinel: `host:port` of each sentinel, comma-separated
     /// (asked in this order); the backplane is the master they name, and
     /// `redis_url` then gives only scheme, user, password and database.
@@ -183,6 +189,7 @@ impl fmt::Debug for Config {
             node_id,
             redis_url,
             redis_cluster,
+            redis_cluster_standby,
             redis_sentinels,
             redis_sentinel_master,
             redis_sentinel_password,
@@ -233,6 +240,7 @@ impl fmt::Debug for Config {
             .field("node_id", node_id)
             .field("redis_url", &redis_backplane::settings::redacted_url(redis_url))
             .field("redis_cluster", redis_cluster)
+            .field("redis_cluster_standby", redis_cluster_standby)
             .field("redis_sentinels", redis_sentinels)
             .field("redis_sentinel_master", redis_sentinel_master)
             .field("redis_sentinel_password", redis_sentinel_password)
@@ -288,6 +296,7 @@ impl Default for Config {
             node_id: String::new(),
             redis_url: String::new(),
             redis_cluster: false,
+            redis_cluster_standby: true,
             redis_sentinels: String::new(),
             redis_sentinel_master: String::new(),
             redis_sentinel_password: Secret::default(),
@@ -585,6 +594,7 @@ mod tests {
             ("GATEWAY_REDIS_URL", "http://x", "redis_url"),
             ("GATEWAY_NO_SUCH_KEY", "1", "no_such_key"),
             ("GATEWAY_REDIS_CLUSTER", "maybe", "redis_cluster"),
+            ("GATEWAY_REDIS_CLUSTER_STANDBY", "perhaps", "redis_cluster_standby"),
             ("GATEWAY_LOG_FORMAT", "xml", "log_format"),
             ("GATEWAY_TRACE_QUOTE_RATIO", "1.5", "trace_quote_ratio"),
             ("GATEWAY_TRACE_ORDER_RATIO", "-0.1", "trace_order_ratio"),

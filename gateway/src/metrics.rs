@@ -155,6 +155,9 @@ pub struct Metrics {
     /// Per link: delivery probes that did not come back in time, each of
     /// which reconnected the link.
     pub backplane_probe_failures: Family<ShardLabel, Counter>,
+    /// Per cluster shard: 1 while a replica holds standby subscriptions
+    /// of its topics (`redis_cluster_standby`).
+    pub backplane_standby_up: Family<ShardLabel, Gauge>,
     /// Per link: delivery probes that could not be published (the command
     /// path's trouble; no verdict on the link).
     pub backplane_probe_errors: Family<ShardLabel, Counter>,
@@ -271,6 +274,11 @@ impl Metrics {
             "backplane_probe_failures",
             "Delivery probes not back in time (the link was reconnected), by shard",
             m.backplane_probe_failures.clone(),
+        );
+        registry.register(
+            "backplane_standby_up",
+            "Cluster shards whose topics a replica also holds (standby), by shard",
+            m.backplane_standby_up.clone(),
         );
         registry.register(
             "backplane_probe_errors",

@@ -83,6 +83,25 @@ pub fn message_frame(topic: &str, seq: u64, ts: u64, data_json: &str) -> String 
     out
 }
 
+/// The `seq` of an envelope without parsing it whole, for telling two
+/// copies of one message apart (a gateway that reads a shard from two
+/// servers). The shape [`encode`] writes (`{"topic":"…","seq":N,…`) is
+/// read in place; any other is parsed. None: not an envelope.
+pub fn peek_seq(payload: &[u8]) -> Option<u64> {
+    const HEAD: &[u8] = br#"{"topic":""#;
+    const SEQ: &[u8] = br#","seq":"#;
+    if let Some(rest) = payload.strip_prefix(HEAD)
+        && let Some(end) = rest.iter().position(|&b| b == b'"')
+        && let Some(digits) = rest[end + 1..].strip_prefix(SEQ)
+    {
+        let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        if len > 0 && matches!(digits.get(len), Some(b',' | b'}')) {
+            return std::str::from_utf8(&digits[..len]).ok()?.parse().ok();
+        }
+    }
+    Envelope::parse(payload, None).ok().map(|env| env.seq)
+}
+
 /// Builds an envelope from its parts; `data_json` must be a JSON object and
 /// `topic` a valid topic name (checked by the caller).
 pub fn encode(topic: &str, seq: u64, ts: u64, data_json: &str, traceparent: Option<&str>) -> String {
@@ -114,6 +133,17 @@ pub fn encode_parts(topic: &str, ts: u64, data_json: &str, traceparent: Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peeks_the_seq_of_either_shape() {
+        let ours = encode("quotes.AAPL", 42, 1, r#"{"seq":7}"#, None);
+        assert_eq!(peek_seq(ours.as_bytes()), Some(42));
+        let reordered = br#"{"data":{"seq":7},"ts":1,"seq":43,"topic":"quotes.AAPL"}"#;
+        assert_eq!(peek_seq(reordered), Some(43), "another encoder's field order is parsed");
+        assert_eq!(peek_seq(br#"{"topic":"quotes.AAPL","seq":9x}"#), None);
+        assert_eq!(peek_seq(br#"{"corr":"r1","data":{}}"#), None, "an order reply is no envelope");
+        assert_eq!(peek_seq(b"12345"), None, "nor is a probe");
+    }
 
     #[test]
     fn parses_contract_example_and_builds_message() {

@@ -135,10 +135,15 @@ pub(crate) struct ProbeReturns {
 }
 
 impl ProbeReturns {
+    /// Whether `channel` is one of this node's probe channels.
+    pub(crate) fn is_probe(&self, channel: &str) -> bool {
+        Probes::is_probe(&self.base, channel)
+    }
+
     /// True when `channel` is one of this node's probe channels: its
     /// message went to the manager and is not for the hub.
     pub(crate) fn take(&self, channel: &str, payload: &[u8]) -> bool {
-        if !Probes::is_probe(&self.base, channel) {
+        if !self.is_probe(channel) {
             return false;
         }
         if let Some(nonce) = Probes::nonce_of(payload) {

@@ -5,11 +5,12 @@
 //! Pub/sub and commands take separate paths, so one master's trouble
 //! stays on that master's shard:
 //! - Subscriptions are kept by the shared manager (`pubsub`) on one link
-//!   per master (`shard_link`: a plain RESP3 connection of its own),
-//!   discovered from the slot map (`topology`, `slot_map`). A lost link
-//!   touches only its own slots' topics, which are re-subscribed once on
-//!   the master that serves them next (the same one back, or the promoted
-//!   replica).
+//!   per shard (`shard_link`: plain RESP3 connections of its own, to the
+//!   master and, as a standby, to one of its replicas), discovered from
+//!   the slot map (`topology`, `slot_map`). A lost link touches only its
+//!   own slots' topics, which are re-subscribed once on the master that
+//!   serves them next (the same one back, or the promoted replica); a
+//!   planned failover loses nothing, for the standby holds them through it.
 //! - Commands (the publish scripts with `SPUBLISH`, snapshot and history
 //!   reads, order requests) go through redis-rs's cluster connection,
 //!   which routes by slot and follows `MOVED` / `ASK`. A command for a
@@ -87,7 +88,7 @@ impl RedisClusterBroker {
             probe: ProbeSettings { publish: Some(probe), ..settings.probe },
             ..settings
         };
-        let Wiring { sink, shutdown, .. } = wiring;
+        let Wiring { sink, shutdown, metrics, .. } = wiring;
         let reply_channel = settings.reply_channel.clone();
         let (pubsub, inputs) = PubSub::start_with(settings, health);
         let delivery = Delivery::new(sink, &config.channel_prefix, reply_channel, &inputs);
@@ -99,6 +100,8 @@ impl RedisClusterBroker {
             refresh: refresh_rx,
             timeout: config.redis_timeout(),
             backoff_max: config.redis_backoff_max(),
+            standby: config.redis_cluster_standby,
+            metrics,
             shutdown: shutdown.clone(),
         };
         tokio::spawn(topology.run());

@@ -59,6 +59,13 @@ pub(crate) trait Connector: Send + Sync + 'static {
 
     /// A round trip, so a peer that vanished without closing is noticed.
     fn ping<'a>(&'a self, conn: &'a mut Self::Conn) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Resolves when where `connect` goes changed since it last ran (a
+    /// cluster shard's replica promoted), so a link waiting out its
+    /// backoff tries the new node at once. Never, by default.
+    fn changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// What the manager asks of a link. `Reconnect`: drop connection `epoch`
@@ -147,24 +154,28 @@ pub(crate) async fn run<C: Connector>(
                 }
             }
         }
-        if !wait_offline(&mut commands, &shutdown, backoff.next_delay()).await {
+        if !wait_offline(&mut commands, &shutdown, backoff.next_delay(), connector.changed()).await {
             return;
         }
     }
 }
 
-/// Sleeps out a backoff delay, dropping commands (all meant for a
-/// connection that is gone). False when the link must stop.
+/// Sleeps out a backoff delay (cut short when the target `changed`),
+/// dropping commands (all meant for a connection that is gone). False
+/// when the link must stop.
 async fn wait_offline(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     shutdown: &CancellationToken,
     delay: Duration,
+    changed: BoxFuture<'_, ()>,
 ) -> bool {
     let until = Instant::now() + delay;
+    let mut changed = changed;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep_until(until) => return true,
+            () = &mut changed => return true,
             cmd = commands.recv() => if cmd.is_none() { return false },
         }
     }

@@ -282,10 +282,14 @@ impl<W> Table<W> {
         }
     }
 
-    /// A server ended the subscription to `channel` on `link` (a slot
-    /// moved away): it waits for the slot map and is subscribed once on
-    /// the new owner. A drop of a channel not wanted (the echo of our own
-    /// UNSUBSCRIBE) changes nothing.
+    /// A server ended the subscription to `channel` on `link` (its node
+    /// gave up the slot): it is sent again on the same link at once, and
+    /// the slot map is read. A master that turned replica of the same
+    /// shard (a planned failover) takes it back as a replica; one whose
+    /// slot went to another shard answers MOVED, and the channel then
+    /// waits for the slot map and is subscribed once on the new owner. A
+    /// drop of a channel not wanted (the echo of our own UNSUBSCRIBE)
+    /// changes nothing.
     pub(crate) fn dropped(&mut self, link: LinkId, epoch: u64, channel: &str) {
         if self.links.get(&link) != Some(&Some(epoch)) {
             return;
@@ -294,7 +298,6 @@ impl<W> Table<W> {
             && entry.link == Some(link)
             && entry.status == Status::Held
         {
-            entry.link = None;
             entry.status = Status::Recorded;
             self.refresh = true;
         }
@@ -598,6 +601,29 @@ mod tests {
         // The pinned reply channel is never released.
         t.release("reply", Instant::now());
         assert_eq!(t.next_release(), None);
+    }
+
+    #[test]
+    fn a_dropped_channel_is_sent_again_on_its_link_until_a_server_says_moved() {
+        let mut t = up_table(&[0, 1]);
+        t.subscribe("a", Some(0), 1);
+        t.take_actions();
+        t.answered(0, 1, vec![("a".into(), Outcome::Held)]);
+        t.take_actions();
+        t.dropped(0, 1, "a");
+        assert!(t.take_refresh(), "the slot map is read");
+        assert!(!t.link_ready(0), "not held until confirmed again");
+        assert_eq!(subscribes(&t.take_actions()), vec![(0, 1, names(&["a"]))], "at once, same link");
+        // A replica of the same shard now: it holds it again.
+        t.answered(0, 1, vec![("a".into(), Outcome::Held)]);
+        assert!(t.link_ready(0));
+        // The slot went to another shard: MOVED, then the new route.
+        t.dropped(0, 1, "a");
+        t.take_actions();
+        t.answered(0, 1, vec![("a".into(), Outcome::Moved)]);
+        assert_eq!(t.unrouted(), 1);
+        t.reroute(|_| Some(1));
+        assert_eq!(subscribes(&t.take_actions()), vec![(1, 1, names(&["a"]))]);
     }
 
     #[test]

@@ -2,25 +2,32 @@
 //! `CLUSTER SLOTS` (from any master or seed that answers) when a link is
 //! lost, a server says a slot moved, and periodically (often while the
 //! backplane is degraded, so a promoted replica is found within a
-//! fraction of a second); starts a link per new master, stops the links
-//! of masters that left, and hands the manager each new layout.
+//! fraction of a second); starts a link per new shard, stops the links
+//! of shards that left, and hands the manager each new layout.
+//!
+//! A link belongs to a shard, not to an address: a master found where a
+//! link's replica was (a promotion, planned or not) keeps that link,
+//! which is told its new nodes and reconnects there if it must. So a
+//! planned switch moves no channel: the link's standby on the promoted
+//! replica kept every subscription (see `shard_link`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::ConnectionInfo;
 use redis::aio::MultiplexedConnection;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::shard_link::{self, ShardConnector};
-use super::slot_map::{self, Addr, Masters, Routes};
+use super::shard_link::{self, Nodes, ShardConnector};
+use super::slot_map::{self, Addr, Masters, Routes, Served};
 use crate::broker::pubsub::link::{self, LinkSettings};
 use crate::broker::pubsub::table::LinkId;
 use crate::broker::pubsub::{Health, Inputs, Layout, LinkSpec};
 use crate::broker::redis_pubsub::Delivery;
+use crate::metrics::{Metrics, ShardLabel};
 
 /// Slot map reads while every shard is up (a slot move is announced by
 /// `sunsubscribe` pushes anyway).
@@ -40,17 +47,25 @@ pub(super) struct Topology {
     pub(super) refresh: mpsc::Receiver<()>,
     pub(super) timeout: Duration,
     pub(super) backoff_max: Duration,
+    /// Each link also subscribes on a replica (`redis_cluster_standby`).
+    pub(super) standby: bool,
+    pub(super) metrics: Arc<Metrics>,
     pub(super) shutdown: CancellationToken,
 }
 
+/// A link's shard as last read.
 struct Known {
-    id: LinkId,
-    ranges: Vec<std::ops::RangeInclusive<u16>>,
+    master: Addr,
+    served: Served,
+    /// What the link's connector reads at each connect.
+    nodes: watch::Sender<Nodes>,
 }
+
+type Links = BTreeMap<LinkId, Known>;
 
 impl Topology {
     pub(super) async fn run(mut self) {
-        let mut links: HashMap<Addr, Known> = HashMap::new();
+        let mut links = Links::new();
         let mut next_id: LinkId = 0;
         let mut asker: Option<MultiplexedConnection> = None;
         loop {
@@ -71,21 +86,20 @@ impl Topology {
 
     /// `CLUSTER SLOTS` from the node asked last, or else any known master
     /// or seed; None when none answers.
-    async fn read(
-        &self,
-        asker: &mut Option<MultiplexedConnection>,
-        links: &HashMap<Addr, Known>,
-    ) -> Option<Masters> {
+    async fn read(&self, asker: &mut Option<MultiplexedConnection>, links: &Links) -> Option<Masters> {
         let limit = self.timeout.min(ASK_LIMIT);
         if let Some(conn) = asker.as_mut() {
-            match ask(conn, limit).await {
+            match ask(conn, limit, self.standby).await {
                 Some(masters) => return Some(masters),
                 None => *asker = None,
             }
         }
         let seed = self.seeds.first()?;
-        let mut candidates: Vec<ConnectionInfo> =
-            links.keys().map(|(host, port)| shard_link::at(seed, host.clone(), *port)).collect();
+        let mut candidates: Vec<ConnectionInfo> = links
+            .values()
+            .flat_map(|k| std::iter::once(&k.master).chain(&k.served.replicas))
+            .map(|(host, port)| shard_link::at(seed, host.clone(), *port))
+            .collect();
         candidates.extend(self.seeds.iter().cloned());
         for info in candidates {
             let Ok(client) = redis::Client::open(info) else { continue };
@@ -97,7 +111,7 @@ impl Topology {
             else {
                 continue;
             };
-            if let Some(masters) = ask(&mut conn, limit).await {
+            if let Some(masters) = ask(&mut conn, limit, self.standby).await {
                 *asker = Some(conn);
                 return Some(masters);
             }
@@ -106,54 +120,69 @@ impl Topology {
         None
     }
 
-    /// Links for new masters, the end of links whose master left, and the
-    /// routes; None when nothing changed.
-    fn layout(
-        &self,
-        masters: Masters,
-        links: &mut HashMap<Addr, Known>,
-        next_id: &mut LinkId,
-    ) -> Option<Layout> {
-        let unchanged = masters.len() == links.len()
-            && masters.iter().all(|(addr, ranges)| links.get(addr).is_some_and(|k| &k.ranges == ranges));
-        if unchanged {
-            return None;
-        }
-        let mut removed = Vec::new();
-        links.retain(|addr, known| {
-            let keep = masters.contains_key(addr);
-            if !keep {
-                removed.push(known.id);
+    /// Links for new shards, the end of links whose shard left, and the
+    /// routes; None when no channel's route changed. A link whose shard's
+    /// nodes changed (a promotion, a replica gone or added) is told so.
+    fn layout(&self, masters: Masters, links: &mut Links, next_id: &mut LinkId) -> Option<Layout> {
+        // Each master keeps the link it had, or the one it was a replica
+        // of (a promotion); the rest are new shards.
+        let mut claimed = BTreeSet::new();
+        let mut matched = Vec::with_capacity(masters.len());
+        for (addr, served) in masters {
+            let own = links.iter().find(|(id, k)| !claimed.contains(*id) && k.master == addr);
+            let promoted =
+                || links.iter().find(|(id, k)| !claimed.contains(*id) && k.served.replicas.contains(&addr));
+            let id = own.or_else(promoted).map(|(id, _)| *id);
+            if let Some(id) = id {
+                claimed.insert(id);
             }
-            keep
-        });
+            matched.push((id, addr, served));
+        }
+        let removed: Vec<LinkId> = links.keys().filter(|id| !claimed.contains(*id)).copied().collect();
+        for id in &removed {
+            links.remove(id);
+        }
         let mut added = Vec::new();
         let mut slots = Vec::new();
         let mut routes = Vec::new();
-        for (addr, ranges) in &masters {
-            let id = match links.get_mut(addr) {
-                Some(known) => {
-                    if &known.ranges != ranges {
-                        known.ranges = ranges.clone();
-                        slots.push((known.id, ranges.clone()));
+        for (id, addr, served) in matched {
+            let id = match id.and_then(|id| links.get_mut(&id).map(|k| (id, k))) {
+                Some((id, known)) => {
+                    if known.served.ranges != served.ranges {
+                        slots.push((id, served.ranges.clone()));
                     }
-                    known.id
+                    if known.master != addr || known.served.replicas != served.replicas {
+                        let nodes = Nodes { master: addr.clone(), replicas: served.replicas.clone() };
+                        tracing::info!(shard = %slot_map::label(&served.ranges),
+                            master = %format!("{}:{}", addr.0, addr.1), replicas = served.replicas.len(),
+                            "cluster shard's nodes changed");
+                        known.nodes.send_replace(nodes);
+                    }
+                    known.master = addr;
+                    known.served = served;
+                    id
                 }
                 None => {
                     let id = *next_id;
                     *next_id += 1;
-                    match self.spawn_link(id, addr.clone(), ranges) {
+                    let nodes = Nodes { master: addr.clone(), replicas: served.replicas.clone() };
+                    let (tx, rx) = watch::channel(nodes);
+                    match self.spawn_link(id, rx, &served.ranges) {
                         Ok(spec) => added.push(spec),
                         Err(e) => {
                             tracing::warn!(error = %e, master = %format!("{}:{}", addr.0, addr.1), "cannot open a link to a cluster master");
                             continue;
                         }
                     }
-                    links.insert(addr.clone(), Known { id, ranges: ranges.clone() });
+                    links.insert(id, Known { master: addr, served, nodes: tx });
                     id
                 }
             };
-            routes.extend(ranges.iter().map(|r| (r.clone(), id)));
+            let known = &links[&id];
+            routes.extend(known.served.ranges.iter().map(|r| (r.clone(), id)));
+        }
+        if added.is_empty() && removed.is_empty() && slots.is_empty() {
+            return None;
         }
         let complete = slot_map::unserved(routes.iter().map(|(r, _)| r.clone()).collect()).is_empty();
         if !complete {
@@ -172,13 +201,16 @@ impl Topology {
     fn spawn_link(
         &self,
         id: LinkId,
-        addr: Addr,
+        nodes: watch::Receiver<Nodes>,
         ranges: &[std::ops::RangeInclusive<u16>],
     ) -> Result<LinkSpec, String> {
         let seed = self.seeds.first().ok_or("no seed")?;
-        let connector = ShardConnector::new(seed, addr, self.delivery.clone(), self.timeout)?;
-        let (commands, commands_rx) = mpsc::unbounded_channel();
         let label = slot_map::label(ranges);
+        let gauge =
+            self.metrics.backplane_standby_up.get_or_create(&ShardLabel { shard: label.clone() }).clone();
+        let connector =
+            ShardConnector::new(seed, nodes, self.delivery.clone(), self.timeout, self.standby, gauge);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
         let settings = LinkSettings {
             link: id,
             label: label.clone(),
@@ -191,13 +223,23 @@ impl Topology {
     }
 }
 
-async fn ask(conn: &mut MultiplexedConnection, limit: Duration) -> Option<Masters> {
+/// The slot map; with `replicas`, also each master's online replicas.
+async fn ask(conn: &mut MultiplexedConnection, limit: Duration, replicas: bool) -> Option<Masters> {
     let reply = timeout(limit, redis::cmd("CLUSTER").arg("SLOTS").query_async::<redis::Value>(conn)).await;
-    match reply {
-        Ok(Ok(reply)) => {
-            let masters = slot_map::masters(&reply);
-            (!masters.is_empty()).then_some(masters)
-        }
-        _ => None,
+    let mut masters = match reply {
+        Ok(Ok(reply)) => slot_map::masters(&reply),
+        _ => return None,
+    };
+    if masters.is_empty() {
+        return None;
     }
+    if replicas {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SHARDS");
+        // Without it (an error, a timeout) the replicas CLUSTER SLOTS named do.
+        if let Ok(Ok(shards)) = timeout(limit, cmd.query_async::<redis::Value>(conn)).await {
+            slot_map::add_replicas(&mut masters, &shards);
+        }
+    }
+    Some(masters)
 }
