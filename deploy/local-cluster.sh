@@ -245,7 +245,7 @@ cmd_up() {
             GATEWAY_REDIS_URL="$REDIS_URL" \
             GATEWAY_DRAIN_MS="$DRAIN_MS" \
             GATEWAY_PUBLISH_INSECURE=true \
-            RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 \
+            RUST_LOG="${RUST_LOG:-info,redis=error}" NO_COLOR=1 \
             "$BIN/gateway"
     done
     for i in "${!GATEWAY_PORTS[@]}"; do
@@ -261,7 +261,7 @@ cmd_up() {
         PUBLISHER_ACCOUNTS="$ACCOUNTS" \
         PUBLISHER_ORDER_RATE="$ORDER_RATE" \
         PUBLISHER_PUBLISH_INSECURE=true \
-        RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 \
+        RUST_LOG="${RUST_LOG:-info,redis=error}" NO_COLOR=1 \
         "$BIN/publisher"
     wait_until publisher "/readyz 200" http_ok "$PUBLISHER_PORT" /readyz
 

@@ -94,6 +94,13 @@ impl TelemetryError {
     }
 }
 
+/// The log filter without `RUST_LOG`. redis-rs's cluster connection warns at every
+/// attempt to reach a node that failed (about once a second for as long
+/// as the node stays in the cluster's configuration); the services log
+/// each outage themselves, once per shard, so the library's lines show
+/// only from `error` up unless `RUST_LOG` asks for them.
+const DEFAULT_FILTER: &str = "info,redis=error";
+
 /// The sampling policy, set once when export is on.
 static POLICY: OnceLock<sampling::Sampling> = OnceLock::new();
 
@@ -150,7 +157,7 @@ pub fn init_with(service: &str, settings: &Settings) -> Result<(), TelemetryErro
             .boxed(),
         LogFormat::Text | LogFormat::Auto => fmt.event_format(logs::Text).boxed(),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Traced spans are for the exporter; log lines name them by trace id.
     let fmt = fmt.with_filter(filter.and(filter_fn(|m| !is_traced(m))));
     let otel = exporter.map(|(processor, sampling, grpc)| {
