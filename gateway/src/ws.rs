@@ -25,6 +25,8 @@
 //! never a bare TCP drop.
 
 pub(crate) mod frame;
+#[cfg(test)]
+mod generic_transport;
 pub(crate) mod handshake;
 pub(crate) mod message;
 pub(crate) mod socket;
