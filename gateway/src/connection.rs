@@ -206,7 +206,11 @@ impl Connection {
             let deadline = self.next_deadline();
             // Hands the socket to the hub's direct writes while this waits
             // (when nothing is queued and nothing of ours is unwritten).
-            self.outbox.park(self.socket.is_drained());
+            // Not while an order is in flight: its reply must precede the
+            // updates the backplane brings after it, and only this task
+            // sees the reply arrive, so those updates queue behind it.
+            let no_orders = self.orders.as_ref().is_none_or(|o| o.is_empty());
+            self.outbox.park(self.socket.is_drained() && no_orders);
             // Not `biased`: under a constant stream the outbox is always
             // ready, and reads (pongs, unsubscribes) must still get turns.
             tokio::select! {

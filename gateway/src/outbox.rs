@@ -165,8 +165,13 @@ impl Outbox {
         if state.parked
             && let Some(tcp) = &self.direct
             && size <= self.limits.bytes
-            && let Some(pushed) = self.write_direct(&mut state, tcp, delivery)
+            && let Some(pushed) = write_direct(&mut state, tcp, delivery)
         {
+            let rest_left = state.partial.is_some();
+            drop(state);
+            if rest_left {
+                self.waker.wake();
+            }
             return pushed;
         }
         // Queued (or refused): the task writes from here on, in order.
@@ -197,32 +202,6 @@ impl Outbox {
             self.waker.wake();
         }
         Pushed::Queued
-    }
-
-    /// The direct path: admits `delivery` and writes it now. `None` when
-    /// it is to be queued after all (a gap notice must precede it, or the
-    /// socket took nothing); a frame admitted here and then queued is
-    /// admitted again by the task with the same answer (admitting a frame
-    /// twice in a row changes nothing the second time).
-    fn write_direct(&self, state: &mut State, tcp: &TcpStream, delivery: &Delivery) -> Option<Pushed> {
-        match state.held.admit(delivery, false) {
-            Admit::Skip => return Some(Pushed::Skipped),
-            Admit::Gap { .. } => return None,
-            Admit::Send => {}
-        }
-        let (wrote, len) = match crate::ws::socket::write_text_now(tcp, &delivery.text) {
-            Ok((wrote, len)) if wrote > 0 => (wrote, len),
-            // `WouldBlock` (which clears tokio's write readiness, so the
-            // task's flush waits for it), an error (the task's write meets
-            // it too and ends the connection), or nothing taken.
-            _ => return None,
-        };
-        if wrote < len {
-            state.parked = false;
-            state.partial = Some(Box::new((delivery.text.clone(), wrote)));
-            self.waker.wake();
-        }
-        Some(Pushed::Written)
     }
 
     /// The task is about to wait with nothing of its own to write
@@ -308,6 +287,32 @@ impl Outbox {
         state.bytes = 0;
         std::mem::take(&mut state.held)
     }
+}
+
+/// The direct path: admits `delivery` and writes it now. `None` when
+/// it is to be queued after all (a gap notice must precede it, or the
+/// socket took nothing); a frame admitted here and then queued is
+/// admitted again by the task with the same answer (admitting a frame
+/// twice in a row changes nothing the second time). A rest left sets
+/// `partial`; the caller wakes the task for it.
+fn write_direct(state: &mut State, tcp: &TcpStream, delivery: &Delivery) -> Option<Pushed> {
+    match state.held.admit(delivery, false) {
+        Admit::Skip => return Some(Pushed::Skipped),
+        Admit::Gap { .. } => return None,
+        Admit::Send => {}
+    }
+    let (wrote, len) = match crate::ws::socket::write_text_now(tcp, &delivery.text) {
+        Ok((wrote, len)) if wrote > 0 => (wrote, len),
+        // `WouldBlock` (which clears tokio's write readiness, so the
+        // task's flush waits for it), an error (the task's write meets
+        // it too and ends the connection), or nothing taken.
+        _ => return None,
+    };
+    if wrote < len {
+        state.parked = false;
+        state.partial = Some(Box::new((delivery.text.clone(), wrote)));
+    }
+    Some(Pushed::Written)
 }
 
 #[cfg(test)]
