@@ -194,6 +194,7 @@ impl Hub {
             // One frame per write on this path.
             self.metrics.frames_sent.inc_by(done.written);
             self.metrics.socket_writes.inc_by(done.written);
+            self.metrics.frames_direct.inc_by(done.written);
         }
         if done.dropped > 0 {
             self.metrics.frames_dropped.inc_by(done.dropped);
