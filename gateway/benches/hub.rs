@@ -117,7 +117,7 @@ fn main() {
     );
     for n in sizes {
         let outboxes: Vec<Arc<Outbox>> =
-            (0..n).map(|_| Arc::new(Outbox::new(Limits { frames: 64, bytes: 1 << 20 }))).collect();
+            (0..n).map(|_| Arc::new(Outbox::new(Limits { frames: 64, bytes: 1 << 20 }, None))).collect();
         let (mut hj, mut sj, mut hl, mut sl, mut f) = (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..reps {
             let h = churn(n, &hot, &outboxes);

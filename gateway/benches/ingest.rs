@@ -41,7 +41,9 @@ fn child(variant: &str) {
     let topic = Topic::parse("quotes.BENCH").unwrap();
     let outboxes: Vec<Arc<Outbox>> = (0..SUBSCRIBERS)
         .map(|i| {
-            let outbox = Arc::new(Outbox::new(Limits { frames: 1024, bytes: 4 << 20 }));
+            let outbox = Arc::new(Outbox::new(Limits { frames: 1024, bytes: 4 << 20 }, None));
+            // Held, as a connection's topics are: its frames are admitted.
+            outbox.held(|held| held.insert(topic.clone()));
             hub.subscribe(&topic, Subscriber { conn: ConnId(i), outbox: Arc::clone(&outbox) });
             outbox
         })

@@ -108,6 +108,10 @@ pub struct Config {
     /// Frames queued for a socket are gathered up to this many bytes and
     /// written with one syscall.
     pub ws_write_buffer_bytes: usize,
+    /// While a connection's task waits with nothing to write, the fan-out
+    /// writes a frame to its socket itself (one non-blocking `writev`),
+    /// instead of queueing it and waking the task; see `outbox`.
+    pub ws_direct_writes: bool,
     /// Redis pub/sub connections; topics are spread over them by hash.
     pub pubsub_connections: usize,
     /// Backoff cap between Redis reconnect attempts.
@@ -212,6 +216,7 @@ impl fmt::Debug for Config {
             unsubscribe_grace_ms,
             ws_read_buffer_bytes,
             ws_write_buffer_bytes,
+            ws_direct_writes,
             pubsub_connections,
             redis_backoff_max_ms,
             redis_timeout_ms,
@@ -263,6 +268,7 @@ impl fmt::Debug for Config {
             .field("unsubscribe_grace_ms", unsubscribe_grace_ms)
             .field("ws_read_buffer_bytes", ws_read_buffer_bytes)
             .field("ws_write_buffer_bytes", ws_write_buffer_bytes)
+            .field("ws_direct_writes", ws_direct_writes)
             .field("pubsub_connections", pubsub_connections)
             .field("redis_backoff_max_ms", redis_backoff_max_ms)
             .field("redis_timeout_ms", redis_timeout_ms)
@@ -319,6 +325,7 @@ impl Default for Config {
             unsubscribe_grace_ms: 2_000,
             ws_read_buffer_bytes: 256,
             ws_write_buffer_bytes: 16 * 1024,
+            ws_direct_writes: true,
             pubsub_connections: 1,
             redis_backoff_max_ms: 5_000,
             redis_timeout_ms: 3_000,

@@ -8,6 +8,13 @@
 //! before any frame queued after them. The
 //! [`Subscriptions`] guard releases every hub entry when the task ends,
 //! however it ends.
+//!
+//! Each time the task is about to wait with its socket buffer empty it
+//! parks the outbox, so the hub writes the next frame to the socket
+//! itself, without waking the task ([`crate::outbox`], the direct path);
+//! whatever branch wakes the task then claims the socket back before it
+//! writes anything, and writes first the rest of a frame the hub could
+//! only write in part.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -40,7 +47,7 @@ mod recovery;
 mod subscriptions;
 
 use rate_limit::RateLimiter;
-use subscriptions::{Admit, Held, Subscriptions};
+use subscriptions::Subscriptions;
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
@@ -80,7 +87,8 @@ pub fn serve(
     node.metrics.connections.inc();
     node.metrics.connections_accepted.inc();
     let limits = Limits { frames: node.config.outbound_queue, bytes: node.config.max_pending_bytes };
-    let outbox = Arc::new(Outbox::new(limits));
+    let direct = if node.config.ws_direct_writes { socket.shared_tcp() } else { None };
+    let outbox = Arc::new(Outbox::new(limits, direct));
     let now = Instant::now();
     let (identity, refused) = match identity {
         Ok(identity) => (identity, None),
@@ -96,7 +104,6 @@ pub fn serve(
         expires_at,
         subs: Subscriptions {
             conn: id,
-            topics: Held::default(),
             outbox: Arc::clone(&outbox),
             lifecycle: Arc::clone(&node.topics),
             metrics: Arc::clone(&node.metrics),
@@ -197,6 +204,13 @@ impl Connection {
     async fn serve(&mut self) -> End {
         loop {
             let deadline = self.next_deadline();
+            // Hands the socket to the hub's direct writes while this waits
+            // (when nothing is queued and nothing of ours is unwritten).
+            // Not while an order is in flight: its reply must precede the
+            // updates the backplane brings after it, and only this task
+            // sees the reply arrive, so those updates queue behind it.
+            let no_orders = self.orders.as_ref().is_none_or(|o| o.is_empty());
+            self.outbox.park(self.socket.is_drained() && no_orders);
             // Not `biased`: under a constant stream the outbox is always
             // ready, and reads (pongs, unsubscribes) must still get turns.
             tokio::select! {
@@ -208,6 +222,7 @@ impl Connection {
                     self.close_at = Some(Instant::now() + delay);
                 }
                 _ = self.outbox.ready() => {
+                    self.claim();
                     // Replies already answered go out before the frames
                     // queued after them: an order's reply precedes its
                     // updates, which the backplane delivered later.
@@ -221,12 +236,14 @@ impl Connection {
                     }
                 }
                 Some(done) = next_reply(&mut self.orders), if self.orders.as_ref().is_some_and(|o| !o.is_empty()) => {
+                    self.claim();
                     // Boxed, as a rare path: idle connections do not carry it.
                     if Box::pin(self.send_reply(done)).await.is_err() {
                         return End::Gone;
                     }
                 }
                 msg = self.socket.recv() => {
+                    self.claim();
                     self.pong_deadline = None;
                     // Boxed: a command's handling (subscribe, order,
                     // refusals) is the largest branch, and rare next to
@@ -239,11 +256,21 @@ impl Connection {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
+                    self.claim();
                     if let Some(end) = self.on_timer().await {
                         return end;
                     }
                 }
             }
+        }
+    }
+
+    /// Takes the socket back from the outbox's direct path before this
+    /// task writes anything: the rest of a frame the hub wrote in part
+    /// goes out first.
+    fn claim(&mut self) {
+        if let Some((text, written)) = self.outbox.claim() {
+            self.socket.resume(text, written);
         }
     }
 
@@ -297,42 +324,8 @@ impl Connection {
 
     /// Writes every queued frame with one flush.
     async fn write_queued(&mut self) -> Option<End> {
-        let overflowed = self.outbox.take(&mut self.batch);
-        let mut batch = std::mem::take(&mut self.batch);
-        let mut sent = 0;
-        let mut failed = false;
-        for delivery in batch.drain(..) {
-            if failed {
-                continue;
-            }
-            // Measured here, as the frame leaves its queue for the socket,
-            // so nothing is held across the writes below (the task's state
-            // is per-connection memory).
-            if let Some(at) = delivery.fanned_out {
-                self.node.metrics.queue_wait.get(delivery.topic.family()).observe(at.elapsed().as_secs_f64());
-            }
-            match self.subs.admit(&delivery) {
-                // Frames queued before an unsubscribe are not sent after its
-                // reply, nor frames a snapshot or replay already covered.
-                Admit::Skip => continue,
-                Admit::Send => {}
-                // Rare paths are boxed, so every idle connection's task does
-                // not carry their state (memory per connection).
-                Admit::Gap { after } => {
-                    if Box::pin(self.missed(&delivery.topic, after, delivery.seq)).await.is_err() {
-                        failed = true;
-                    }
-                }
-            }
-            self.socket.feed(delivery.text.clone());
-            sent += 1;
-        }
-        // Keep the spare buffer from growing without bound after a burst.
-        if batch.capacity() > 256 {
-            batch.shrink_to(64);
-        }
-        self.batch = batch;
-        if failed || self.socket.flush().await.is_err() {
+        let (sent, overflowed) = self.feed_queued();
+        if self.socket.flush().await.is_err() {
             return Some(End::Gone);
         }
         self.node.metrics.frames_sent.inc_by(sent);
@@ -342,6 +335,36 @@ impl Connection {
             return Some(End::Close(CloseCode::SlowConsumer));
         }
         None
+    }
+
+    /// Moves every queued frame to the socket's buffer, each gap notice
+    /// before the frame after the hole; returns how many frames and
+    /// whether the queue had overflowed. Not async, so nothing of it is
+    /// held in the task's state across the flush.
+    fn feed_queued(&mut self) -> (u64, bool) {
+        // Admitted as taken: frames queued before an unsubscribe, or
+        // covered by a snapshot or replay, are not in the batch.
+        let taken = self.outbox.take(&mut self.batch);
+        let mut gaps = taken.gaps.into_iter().peekable();
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut sent = 0;
+        for (i, delivery) in batch.drain(..).enumerate() {
+            // Measured here, as the frame leaves its queue for the socket.
+            if let Some(at) = delivery.fanned_out {
+                self.node.metrics.queue_wait.get(delivery.topic.family()).observe(at.elapsed().as_secs_f64());
+            }
+            if let Some((_, after)) = gaps.next_if(|&(at, _)| at == i) {
+                self.missed(&delivery.topic, after, delivery.seq);
+            }
+            self.socket.feed(delivery.text.clone());
+            sent += 1;
+        }
+        // Keep the spare buffer from growing without bound after a burst.
+        if batch.capacity() > 256 {
+            batch.shrink_to(64);
+        }
+        self.batch = batch;
+        (sent, taken.overflowed)
     }
 
     async fn on_frame(&mut self, msg: Option<Result<Message, Violation>>) -> Option<End> {
@@ -520,7 +543,7 @@ impl Connection {
     }
 
     async fn subscribe(&mut self, topic: Topic, since: Option<u64>) -> Option<End> {
-        if self.subs.topics.contains(topic.as_str()) {
+        if self.subs.contains(topic.as_str()) {
             return self
                 .refuse(
                     ErrorCode::AlreadySubscribed,
@@ -536,7 +559,7 @@ impl Connection {
             };
             return self.refuse(code, message, Some(topic.as_str())).await;
         }
-        if self.subs.topics.len() >= self.node.config.max_subscriptions {
+        if self.subs.len() >= self.node.config.max_subscriptions {
             let message =
                 format!("at most {} subscriptions per connection", self.node.config.max_subscriptions);
             return self.refuse(ErrorCode::TooManySubscriptions, &message, Some(topic.as_str())).await;

@@ -79,7 +79,11 @@ pub struct Hub {
 pub struct Fanout {
     /// Local subscribers of the topic.
     pub subscribers: usize,
+    /// Taken by a queue (or by a connection's admission on the direct
+    /// path, which found nothing to send).
     pub queued: u64,
+    /// Written to the socket by this fan-out (the direct path).
+    pub written: u64,
     /// Replaced an older pending quote of a slow subscriber.
     pub conflated: u64,
     /// Refused by a full queue (the subscriber is closed as slow).
@@ -87,9 +91,9 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Queues that took the frame.
+    /// Connections that took the frame, queued or written.
     pub fn delivered(&self) -> usize {
-        (self.queued + self.conflated) as usize
+        (self.queued + self.conflated + self.written) as usize
     }
 }
 
@@ -158,7 +162,9 @@ impl Hub {
         self.slice(topic).contains_key(topic)
     }
 
-    /// Delivers a frame to every local subscriber of its topic.
+    /// Delivers a frame to every local subscriber of its topic: into its
+    /// queue, or onto its socket when its task is parked ([`Outbox`]'s
+    /// direct path).
     pub fn dispatch(&self, delivery: Delivery) -> Fanout {
         let Some((list, subscribers)) =
             self.slice(delivery.topic.as_str()).get(delivery.topic.as_str()).map(|l| (l.snapshot(), l.len()))
@@ -169,11 +175,26 @@ impl Hub {
         let mut done = Fanout { subscribers, ..Fanout::default() };
         for sub in list.iter() {
             match sub.outbox.push(&delivery) {
-                Pushed::Queued => done.queued += 1,
+                Pushed::Queued | Pushed::Skipped => done.queued += 1,
+                Pushed::Written => {
+                    done.written += 1;
+                    // As the task does for the frames it takes: no queue,
+                    // so this is the fan-out's own time to this socket.
+                    if let Some(at) = delivery.fanned_out {
+                        let wait = at.elapsed().as_secs_f64();
+                        self.metrics.queue_wait.get(delivery.topic.family()).observe(wait);
+                    }
+                }
                 Pushed::Conflated => done.conflated += 1,
                 Pushed::Overflow => done.dropped += 1,
                 Pushed::Closed => {}
             }
+        }
+        if done.written > 0 {
+            // One frame per write on this path.
+            self.metrics.frames_sent.inc_by(done.written);
+            self.metrics.socket_writes.inc_by(done.written);
+            self.metrics.frames_direct.inc_by(done.written);
         }
         if done.dropped > 0 {
             self.metrics.frames_dropped.inc_by(done.dropped);
@@ -238,6 +259,7 @@ impl Hub {
                 node.id = &*self.node,
                 subscribers = Empty,
                 frames.queued = Empty,
+                frames.written = Empty,
                 frames.conflated = Empty,
                 frames.dropped = Empty,
             );
@@ -254,6 +276,7 @@ impl Hub {
         if let Some(span) = span {
             span.record("subscribers", done.subscribers);
             span.record("frames.queued", done.queued);
+            span.record("frames.written", done.written);
             span.record("frames.conflated", done.conflated);
             span.record("frames.dropped", done.dropped);
         }
@@ -268,7 +291,9 @@ mod tests {
     use std::collections::VecDeque;
 
     fn sub(id: u64) -> Subscriber {
-        Subscriber { conn: ConnId(id), outbox: Arc::new(Outbox::new(Limits { frames: 8, bytes: 1 << 20 })) }
+        let outbox = Arc::new(Outbox::new(Limits { frames: 8, bytes: 1 << 20 }, None));
+        outbox.held(|held| held.insert(Topic::parse("quotes.A").unwrap()));
+        Subscriber { conn: ConnId(id), outbox }
     }
 
     #[test]

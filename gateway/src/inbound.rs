@@ -256,7 +256,8 @@ mod tests {
         let topic = Topic::parse(TOPIC).unwrap();
         let outboxes: Vec<_> = (0..subscribers)
             .map(|id| {
-                let outbox = Arc::new(Outbox::new(Limits { frames: 64, bytes: 1 << 20 }));
+                let outbox = Arc::new(Outbox::new(Limits { frames: 64, bytes: 1 << 20 }, None));
+                outbox.held(|held| held.insert(topic.clone()));
                 hub.subscribe(&topic, Subscriber { conn: ConnId(id), outbox: Arc::clone(&outbox) });
                 outbox
             })

@@ -165,6 +165,9 @@ pub struct Metrics {
     pub frames_sent: Counter,
     /// Socket writes (flushes); frames_sent / socket_writes is the batching.
     pub socket_writes: Counter,
+    /// Of `frames_sent`, those the fan-out wrote to an idle connection's
+    /// socket itself, without waking its task (`outbox`'s direct path).
+    pub frames_direct: Counter,
     /// Frames a full outbound queue could not take.
     pub frames_dropped: Counter,
     /// Quotes that replaced an older pending quote of a slow client.
@@ -287,6 +290,11 @@ impl Metrics {
         );
         registry.register("frames_sent", "Frames written to client sockets", m.frames_sent.clone());
         registry.register("socket_writes", "Batched socket writes", m.socket_writes.clone());
+        registry.register(
+            "frames_direct",
+            "Frames the fan-out wrote to an idle socket itself (counted in frames_sent too)",
+            m.frames_direct.clone(),
+        );
         registry.register(
             "frames_conflated",
             "Pending quotes replaced by newer ones",

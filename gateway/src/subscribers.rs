@@ -143,7 +143,10 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn sub(id: u64) -> Subscriber {
-        Subscriber { conn: ConnId(id), outbox: Arc::new(Outbox::new(Limits { frames: 1, bytes: 1 << 10 })) }
+        Subscriber {
+            conn: ConnId(id),
+            outbox: Arc::new(Outbox::new(Limits { frames: 1, bytes: 1 << 10 }, None)),
+        }
     }
 
     fn conns(s: &Subscribers) -> BTreeSet<u64> {

@@ -121,7 +121,10 @@ mod tests {
     }
 
     fn sub(id: u64) -> Subscriber {
-        Subscriber { conn: ConnId(id), outbox: Arc::new(Outbox::new(Limits { frames: 8, bytes: 1 << 20 })) }
+        Subscriber {
+            conn: ConnId(id),
+            outbox: Arc::new(Outbox::new(Limits { frames: 8, bytes: 1 << 20 }, None)),
+        }
     }
 
     /// Joins `topic` as connections `ids`, all at once.

@@ -98,11 +98,10 @@ impl Connection {
     /// An order topic's live stream skipped from `after` to `before` and
     /// the node could not fill it (the history no longer had those
     /// updates): tells the client, before the frame that follows the hole.
-    pub(super) async fn missed(&mut self, topic: &Topic, after: u64, before: u64) -> Result<(), ()> {
+    pub(super) fn missed(&mut self, topic: &Topic, after: u64, before: u64) {
         let message = format!("updates after {after} before {before} could not be recovered");
         self.node.metrics.client_error(ErrorCode::RecoveryFailed);
         let frame = wire::server::error(ErrorCode::RecoveryFailed, &message, Some(topic.as_str()), None);
         self.socket.feed(Bytes::from(frame));
-        Ok(())
     }
 }

@@ -1,164 +1,48 @@
 //! The topics one connection holds, joined through the node's lifecycle
-//! ([`crate::topics`]), and what it already sent on each (to skip
-//! duplicates and notice a hole the node could not fill).
-//!
-//! Most connections hold one topic or a few: those are kept in a vector
-//! that is scanned (one 40 B allocation for one topic, where a hash map
-//! allocates a table of four buckets and its control bytes, ~190 B), and
-//! under the node's copy of each name, not the one the client's command
-//! parsed. Past [`SCAN_MAX`] topics a map takes over.
+//! ([`crate::topics`]). What was sent on each (to skip duplicates and
+//! notice a hole the node could not fill) is kept beside the queue, in
+//! the connection's outbox ([`crate::outbox::held`]), where frames the
+//! hub writes directly are admitted too.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use wire::{Topic, TopicFamily};
+use wire::Topic;
 
 use crate::broker::BrokerError;
 use crate::hub::{ConnId, Subscriber};
 use crate::metrics::Metrics;
-use crate::outbox::{Delivery, Outbox};
+use crate::outbox::Outbox;
 use crate::topics::Topics;
-
-/// Topics kept in a scanned vector; more than this, in a map.
-const SCAN_MAX: usize = 8;
 
 /// The topics one connection holds. Dropping it leaves every one.
 pub(super) struct Subscriptions {
     pub(super) conn: ConnId,
-    /// Held topics and what was sent on each.
-    pub(super) topics: Held,
+    /// Also holds what is held, and what was sent on each topic.
     pub(super) outbox: Arc<Outbox>,
     /// The node's lifecycle, which joins and leaves topics.
     pub(super) lifecycle: Arc<Topics>,
     pub(super) metrics: Arc<Metrics>,
 }
 
-/// Held topics and what was sent on each: scanned while few, a map past
-/// [`SCAN_MAX`] (and back to a vector at half that, so a connection
-/// hovering at the threshold does not rebuild one each time).
-pub(super) enum Held {
-    Few(Vec<(Topic, Sent)>),
-    /// Boxed, so the usual few topics do not carry a map's inline size
-    /// (48 B against the vector's 24, in every connection's task).
-    #[allow(clippy::box_collection, reason = "the box keeps Held as small as a Vec")]
-    Many(Box<HashMap<Topic, Sent>>),
-}
-
-impl Default for Held {
-    fn default() -> Self {
-        Held::Few(Vec::new())
-    }
-}
-
-impl Held {
+impl Subscriptions {
     pub(super) fn len(&self) -> usize {
-        match self {
-            Held::Few(few) => few.len(),
-            Held::Many(many) => many.len(),
-        }
+        self.outbox.held(|held| held.len())
     }
 
     pub(super) fn contains(&self, topic: &str) -> bool {
-        match self {
-            Held::Few(few) => few.iter().any(|(t, _)| t.as_str() == topic),
-            Held::Many(many) => many.contains_key(topic),
-        }
+        self.outbox.held(|held| held.contains(topic))
     }
 
-    fn get_mut(&mut self, topic: &str) -> Option<&mut Sent> {
-        match self {
-            Held::Few(few) => few.iter_mut().find(|(t, _)| t.as_str() == topic).map(|(_, sent)| sent),
-            Held::Many(many) => many.get_mut(topic),
-        }
-    }
-
-    /// Holds `topic` afresh (replacing what was sent on it, if held).
-    fn insert(&mut self, topic: Topic) {
-        if let Some(sent) = self.get_mut(topic.as_str()) {
-            *sent = Sent::default();
-            return;
-        }
-        match self {
-            Held::Few(few) if few.len() < SCAN_MAX => {
-                if few.capacity() == 0 {
-                    // One topic, one entry (a first push would make room for four).
-                    few.reserve_exact(1);
-                }
-                few.push((topic, Sent::default()));
-            }
-            Held::Few(few) => {
-                let mut many: HashMap<Topic, Sent> = std::mem::take(few).into_iter().collect();
-                many.insert(topic, Sent::default());
-                *self = Held::Many(Box::new(many));
-            }
-            Held::Many(many) => {
-                many.insert(topic, Sent::default());
-            }
-        }
-    }
-
-    /// Stops holding `topic`; returns the name it was held under.
-    fn remove(&mut self, topic: &str) -> Option<Topic> {
-        match self {
-            Held::Few(few) => {
-                let i = few.iter().position(|(t, _)| t.as_str() == topic)?;
-                let (topic, _) = few.swap_remove(i);
-                if few.is_empty() {
-                    // A connection that left every topic keeps no buffer.
-                    *few = Vec::new();
-                }
-                Some(topic)
-            }
-            Held::Many(many) => {
-                let (topic, _) = many.remove_entry(topic)?;
-                if many.len() <= SCAN_MAX / 2 {
-                    let few: Vec<_> = std::mem::take(&mut **many).into_iter().collect();
-                    *self = Held::Few(few);
-                }
-                Some(topic)
-            }
-        }
-    }
-
-    /// Holds `topic` under `shared` (the same name), so the connection
-    /// does not keep a copy of its own.
-    fn share(&mut self, shared: Topic) {
-        match self {
-            Held::Few(few) => {
-                if let Some((t, _)) = few.iter_mut().find(|(t, _)| *t == shared) {
-                    *t = shared;
-                }
-            }
-            Held::Many(many) => {
-                if let Some(sent) = many.remove(shared.as_str()) {
-                    many.insert(shared, sent);
-                }
-            }
-        }
-    }
-
-    fn into_topics(self) -> Vec<Topic> {
-        match self {
-            Held::Few(few) => few.into_iter().map(|(topic, _)| topic).collect(),
-            Held::Many(many) => {
-                let many: HashMap<Topic, Sent> = *many;
-                many.into_keys().collect()
-            }
-        }
-    }
-}
-
-impl Subscriptions {
     /// Joins `topic`; resolves once the backplane confirmed. On an error
     /// the topic is not held.
     pub(super) async fn add(&mut self, topic: Topic) -> Result<(), BrokerError> {
         // Recorded first: a task dropped mid-join still leaves on drop.
-        self.topics.insert(topic.clone());
+        self.outbox.held(|held| held.insert(topic.clone()));
         self.metrics.subscriptions.inc();
         let sub = Subscriber { conn: self.conn, outbox: Arc::clone(&self.outbox) };
         match self.lifecycle.join(&topic, sub).await {
             Ok(shared) => {
-                self.topics.share(shared);
+                self.outbox.held(|held| held.share(shared));
                 Ok(())
             }
             Err(e) => {
@@ -169,7 +53,9 @@ impl Subscriptions {
     }
 
     pub(super) fn remove(&mut self, topic: &str) -> bool {
-        let Some(topic) = self.topics.remove(topic) else {
+        // Out of the admission rule first: a fan-out still walking an
+        // older list of the topic's subscribers skips this connection.
+        let Some(topic) = self.outbox.held(|held| held.remove(topic)) else {
             return false;
         };
         self.leave(&topic);
@@ -178,36 +64,7 @@ impl Subscriptions {
 
     /// Recovery sent everything up to `seq` on `topic`.
     pub(super) fn set_floor(&mut self, topic: &str, seq: u64) {
-        if let Some(sent) = self.topics.get_mut(topic) {
-            sent.floor = Some(seq);
-            sent.last = seq;
-        }
-    }
-
-    /// What to do with a queued frame: skip it (topic no longer held, or
-    /// already sent by recovery), send it, or first say that updates
-    /// before it are missing (order topics, whose seq has no holes by
-    /// construction: the node fills gaps before it fans out, so a hole
-    /// left here means the history no longer had them).
-    pub(super) fn admit(&mut self, delivery: &Delivery) -> Admit {
-        let Some(sent) = self.topics.get_mut(delivery.topic.as_str()) else {
-            return Admit::Skip;
-        };
-        if let Some(floor) = sent.floor {
-            if delivery.seq <= floor {
-                return Admit::Skip;
-            }
-            // Dropped at the first newer frame, so a backend that restarts
-            // its seq is not muted.
-            sent.floor = None;
-        }
-        let after = sent.last;
-        sent.last = delivery.seq;
-        if delivery.topic.family() == TopicFamily::Orders && after > 0 && delivery.seq > after + 1 {
-            Admit::Gap { after }
-        } else {
-            Admit::Send
-        }
+        self.outbox.held(|held| held.set_floor(topic, seq));
     }
 
     fn leave(&self, topic: &Topic) {
@@ -216,85 +73,10 @@ impl Subscriptions {
     }
 }
 
-/// Per-topic delivery state of one connection.
-#[derive(Default)]
-pub(super) struct Sent {
-    /// Highest `seq` a snapshot or replay sent: live frames up to it are
-    /// duplicates and skipped (until the first newer one).
-    floor: Option<u64>,
-    /// The last `seq` sent (0: none yet), to notice gaps.
-    last: u64,
-}
-
-pub(super) enum Admit {
-    Skip,
-    Send,
-    /// Nothing was sent between `after` and this frame.
-    Gap {
-        after: u64,
-    },
-}
-
 impl Drop for Subscriptions {
     fn drop(&mut self) {
-        self.outbox.close();
-        for topic in std::mem::take(&mut self.topics).into_topics() {
+        for topic in self.outbox.close().into_topics() {
             self.leave(&topic);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn topic(i: usize) -> Topic {
-        Topic::parse(&format!("orders.acct-{i}")).unwrap()
-    }
-
-    #[test]
-    fn held_topics_move_between_vector_and_map_and_keep_what_was_sent() {
-        let mut held = Held::default();
-        for i in 0..=SCAN_MAX {
-            held.insert(topic(i));
-            held.get_mut(topic(i).as_str()).unwrap().last = i as u64;
-        }
-        assert!(matches!(held, Held::Many(_)), "past SCAN_MAX, a map");
-        assert_eq!(held.len(), SCAN_MAX + 1);
-        for i in 0..=SCAN_MAX {
-            assert_eq!(
-                held.get_mut(topic(i).as_str()).map(|s| s.last),
-                Some(i as u64),
-                "kept across the switch"
-            );
-        }
-        for i in 0..=SCAN_MAX / 2 {
-            assert_eq!(held.remove(topic(i).as_str()), Some(topic(i)));
-        }
-        assert!(matches!(held, Held::Few(_)), "back to a vector at half");
-        assert!(held.remove(topic(0).as_str()).is_none(), "removed once");
-        assert!(!held.contains(topic(0).as_str()) && held.contains(topic(SCAN_MAX).as_str()));
-        assert_eq!(held.get_mut(topic(SCAN_MAX).as_str()).map(|s| s.last), Some(SCAN_MAX as u64));
-        let mut left: Vec<String> = held.into_topics().iter().map(|t| t.to_string()).collect();
-        left.sort();
-        let mut want: Vec<String> = (SCAN_MAX / 2 + 1..=SCAN_MAX).map(|i| topic(i).to_string()).collect();
-        want.sort();
-        assert_eq!(left, want);
-    }
-
-    #[test]
-    fn one_topic_is_one_entry_under_the_shared_name() {
-        let mut held = Held::default();
-        let parsed = topic(1);
-        held.insert(parsed.clone());
-        let Held::Few(few) = &held else { panic!("one topic is not a map") };
-        assert_eq!(few.capacity(), 1, "no room for four made by a first push");
-        let shared = topic(1);
-        held.share(shared.clone());
-        let Held::Few(few) = &held else { panic!("one topic is not a map") };
-        assert!(std::ptr::eq(few[0].0.as_str(), shared.as_str()), "held under the node's copy");
-        held.remove(parsed.as_str());
-        let Held::Few(few) = &held else { panic!("no topics is not a map") };
-        assert_eq!(few.capacity(), 0, "nothing kept once every topic is left");
     }
 }

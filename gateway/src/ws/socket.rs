@@ -15,6 +15,14 @@
 //! Should the upgraded connection not be a plain `TcpStream` (it always
 //! is with the listener's hyper builder), the same protocol runs over
 //! hyper's `Upgraded` with ordinary async reads and writes.
+//!
+//! The stream is shared (an `Arc`) with the connection's outbox, whose
+//! pushes may write a frame to it themselves while the connection's task
+//! waits with nothing to write ([`write_text_now`]; who writes when is
+//! decided by the outbox, see [`crate::outbox`]). Tokio's stream is made
+//! for that: its non-blocking calls take `&self`, reads and writes have
+//! their own readiness, and a `WouldBlock` from either writer clears the
+//! write readiness the task's flush then waits for.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,6 +34,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -61,7 +71,8 @@ pub(crate) struct Limits {
 }
 
 enum Transport {
-    Tcp(TcpStream),
+    /// Shared with the outbox's direct path.
+    Tcp(Arc<TcpStream>),
     Upgraded(Box<TokioIo<Upgraded>>),
 }
 
@@ -92,7 +103,7 @@ impl Socket {
     pub(crate) fn new(upgraded: Upgraded, limits: Limits) -> Socket {
         let limits = Limits { read_chunk: limits.read_chunk.clamp(1, READ_CHUNK_MAX), ..limits };
         let (io, input) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (Transport::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
+            Ok(parts) => (Transport::Tcp(Arc::new(parts.io.into_inner())), parts.read_buf.to_vec()),
             Err(upgraded) => {
                 tracing::debug!("upgraded connection is not a TcpStream; using the generic transport");
                 (Transport::Upgraded(Box::new(TokioIo::new(upgraded))), Vec::new())
@@ -108,6 +119,30 @@ impl Socket {
             failed: false,
             read_done: false,
         }
+    }
+
+    /// The TCP stream, for the outbox's direct path (`None` over the
+    /// generic transport, which keeps the task's writes only).
+    pub(crate) fn shared_tcp(&self) -> Option<Arc<TcpStream>> {
+        match &self.io {
+            Transport::Tcp(tcp) => Some(Arc::clone(tcp)),
+            Transport::Upgraded(_) => None,
+        }
+    }
+
+    /// Nothing is waiting to be written (the task may hand the socket to
+    /// the outbox's direct path).
+    pub(crate) fn is_drained(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues the rest of a text frame whose first `written` bytes (header
+    /// included) a direct write put on the wire; it must be the first
+    /// thing written next, so it is only called with nothing queued.
+    pub(crate) fn resume(&mut self, text: Bytes, written: usize) {
+        debug_assert!(self.queue.is_empty(), "the rest of a frame is written before anything else");
+        self.queue.push_front(Out { opcode: Opcode::Text, payload: text });
+        self.written = written;
     }
 
     /// The next message from the client: `None` once its side has ended,
@@ -257,7 +292,8 @@ impl Socket {
             return;
         }
         let _ = match &mut self.io {
-            Transport::Tcp(tcp) => tcp.shutdown().await,
+            // What tokio's `poll_shutdown` does, on the shared stream.
+            Transport::Tcp(tcp) => socket2::SockRef::from(&**tcp).shutdown(std::net::Shutdown::Write),
             Transport::Upgraded(io) => io.shutdown().await,
         };
         let mut discarded = 0;
@@ -311,6 +347,17 @@ impl Socket {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Writes one text frame (header made here, payload shared) with one
+/// non-blocking vectored write: returns the bytes the socket took and the
+/// frame's length, or `WouldBlock` (tokio then waits for writability on
+/// the next poll of the task's flush).
+pub(crate) fn write_text_now(tcp: &TcpStream, text: &[u8]) -> io::Result<(usize, usize)> {
+    let header = Header::new(Opcode::Text, text.len());
+    let len = header.as_slice().len() + text.len();
+    let wrote = tcp.try_write_vectored(&[IoSlice::new(header.as_slice()), IoSlice::new(text)])?;
+    Ok((wrote, len))
 }
 
 /// One non-blocking read into a stack buffer, appended to `input`.
