@@ -153,7 +153,10 @@ async fn fanout_and_publish_spans_continue_the_incoming_context_over_grpc_and_ht
             assert_eq!(span.attr("messaging.destination.name").as_deref(), Some(topic));
             assert_eq!(span.attr("seq").as_deref(), Some("2"));
             assert_eq!(span.attr("subscribers").as_deref(), Some("1"));
-            assert_eq!(span.attr("frames.queued").as_deref(), Some("1"));
+            // Queued for the connection's task, or written to its socket by
+            // the fan-out itself (an idle connection: the direct path).
+            let frames = |name| span.attr(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            assert_eq!(frames("frames.queued") + frames("frames.written"), 1, "{span:?}");
             assert_eq!(span.attr("frames.dropped").as_deref(), Some("0"));
         }
         assert!(
