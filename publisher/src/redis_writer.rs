@@ -11,10 +11,12 @@
 //! * Topic batches (quotes, other topics): one script call per topic per
 //!   batch takes `n` numbers with `INCRBY`, publishes the `n` envelopes
 //!   and, for quotes, stores the last one as the topic's snapshot.
-//! * Order updates: one script call per update INCRs, XADDs to the
+//! * Order updates: for each update, the script INCRs, XADDs to the
 //!   history with id `0-<seq>`, PUBLISHes and records the update's id in
 //!   a dedupe marker, so a retry after an ambiguous failure returns the
-//!   original `seq` instead of writing the update twice.
+//!   original `seq` instead of writing the update twice. A batch of
+//!   updates is one script call (on a cluster, one per slot), not one
+//!   per update: Redis' cost per call is paid per batch.
 //!
 //! Behind Redis Sentinel (replication is asynchronous, a failover can
 //! lose the master's last writes) two more rules keep a `seq` from ever
@@ -172,18 +174,25 @@ impl RedisWriter {
         if let Conn::Single(c) = &mut conn {
             return self.write_updates_on(c, updates).await;
         }
-        let mut calls = Vec::with_capacity(updates.len());
-        for u in updates {
-            let topic = u.topic.as_str();
-            let cmd = self.scripts.update(topic, &u.id, &u.head, &u.tail);
-            calls.push((self.scripts.slot(topic), cmd));
-        }
-        let values = self.run(&mut conn, calls).await?;
-        values
+        // A cluster: one call per slot's topics, each call on its node.
+        let calls = self.scripts.update_calls(&self.update_args(updates), true);
+        let cmds = calls.iter().map(|c| (c.slot, c.cmd.clone())).collect();
+        let values = self.run(&mut conn, cmds).await?;
+        let written = scripts::spread_replies(&calls, &values, updates.len()).map_err(update_error)?;
+        Ok(written.into_iter().map(|(seq, duplicate)| Written { seq, duplicate }).collect())
+    }
+
+    /// The script arguments of `updates`, with each topic's floor.
+    fn update_args<'u>(&self, updates: &'u [OrderUpdate]) -> Vec<Update<'u>> {
+        let floor = |topic: &str| self.floors.as_ref().map_or(0, |f| f.get(topic));
+        updates
             .iter()
-            .map(|v| match scripts::update_reply(v) {
-                Some((seq, duplicate)) => Ok(Written { seq, duplicate }),
-                None => Err(WriteError::Reply(format!("{v:?}"))),
+            .map(|u| Update {
+                topic: u.topic.as_str(),
+                id: &u.id,
+                head: &u.head,
+                tail: &u.tail,
+                floor: floor(u.topic.as_str()),
             })
             .collect()
     }
@@ -194,21 +203,8 @@ impl RedisWriter {
         conn: &mut redis_backplane::pool::Connection,
         updates: &[OrderUpdate],
     ) -> Result<Vec<Written>, WriteError> {
-        let floor = |topic: &str| self.floors.as_ref().map_or(0, |f| f.get(topic));
-        let calls: Vec<Update<'_>> = updates
-            .iter()
-            .map(|u| Update {
-                topic: u.topic.as_str(),
-                id: &u.id,
-                head: &u.head,
-                tail: &u.tail,
-                floor: floor(u.topic.as_str()),
-            })
-            .collect();
-        let written = self.scripts.write_updates(&mut **conn, &calls).await.map_err(|e| match e {
-            UpdateError::Redis(e) => WriteError::Redis(e),
-            other => WriteError::Reply(other.to_string()),
-        })?;
+        let calls = self.update_args(updates);
+        let written = self.scripts.write_updates(&mut **conn, &calls).await.map_err(update_error)?;
         if let Some(floors) = &self.floors {
             updates.iter().zip(&written).for_each(|(u, (seq, _))| floors.raise(u.topic.as_str(), *seq));
         }
@@ -279,6 +275,13 @@ impl RedisWriter {
             }
             Conn::Cluster(c) => redis_link::run_by_slot(c, calls.to_vec()).await,
         }
+    }
+}
+
+fn update_error(e: UpdateError) -> WriteError {
+    match e {
+        UpdateError::Redis(e) => WriteError::Redis(e),
+        other => WriteError::Reply(other.to_string()),
     }
 }
 
