@@ -56,6 +56,9 @@ pub struct RedisWriter {
     /// from the pool costs a PING (deadpool's recycle check), which would
     /// double the feed's round trips.
     kept: Mutex<Option<Conn>>,
+    /// The same for [`RedisWriter::write_updates`] (the update writer's
+    /// batches): without it, every batch cost a PING round trip too.
+    kept_for_updates: Mutex<Option<Conn>>,
     /// Behind Sentinel: the floor of each topic this writer wrote.
     floors: Option<Floors>,
 }
@@ -113,6 +116,7 @@ impl RedisWriter {
             link,
             scripts: Scripts::new(&prefix, publish, history_maxlen),
             kept: Mutex::new(None),
+            kept_for_updates: Mutex::new(None),
             floors: None,
         }
     }
@@ -164,20 +168,48 @@ impl RedisWriter {
         seqs
     }
 
+    /// Takes the connection kept in `slot`, or one from the link.
+    async fn take_kept(&self, slot: &Mutex<Option<Conn>>) -> Result<Conn, WriteError> {
+        let kept = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.conn().await,
+        }
+    }
+
+    /// Keeps `conn` in `slot` for the next call if `result` is a success:
+    /// a connection that failed may be broken, so the next call takes a
+    /// fresh one from the pool.
+    fn keep<T>(&self, slot: &Mutex<Option<Conn>>, conn: Conn, result: &Result<T, WriteError>) {
+        if result.is_ok() {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        }
+    }
+
     /// Writes order updates in one pipeline, in order. Safe to repeat with
     /// the same updates after any failure: each is written once.
     pub async fn write_updates(&self, updates: &[OrderUpdate]) -> Result<Vec<Written>, WriteError> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
-        if let Conn::Single(c) = &mut conn {
+        let mut conn = self.take_kept(&self.kept_for_updates).await?;
+        let result = self.write_updates_with(&mut conn, updates).await;
+        self.keep(&self.kept_for_updates, conn, &result);
+        result
+    }
+
+    async fn write_updates_with(
+        &self,
+        conn: &mut Conn,
+        updates: &[OrderUpdate],
+    ) -> Result<Vec<Written>, WriteError> {
+        if let Conn::Single(c) = conn {
             return self.write_updates_on(c, updates).await;
         }
         // A cluster: one call per slot's topics, each call on its node.
         let calls = self.scripts.update_calls(&self.update_args(updates), true);
         let cmds = calls.iter().map(|c| (c.slot, c.cmd.clone())).collect();
-        let values = self.run(&mut conn, cmds).await?;
+        let values = self.run(conn, cmds).await?;
         let written = scripts::spread_replies(&calls, &values, updates.len()).map_err(update_error)?;
         Ok(written.into_iter().map(|(seq, duplicate)| Written { seq, duplicate }).collect())
     }
@@ -288,17 +320,9 @@ fn update_error(e: UpdateError) -> WriteError {
 impl Backplane for RedisWriter {
     fn publish<'a>(&'a self, batches: &'a [TopicBatch]) -> BoxFuture<'a, Result<Vec<u64>, WriteError>> {
         Box::pin(async move {
-            let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner).take();
-            let mut conn = match kept {
-                Some(conn) => conn,
-                None => self.conn().await?,
-            };
+            let mut conn = self.take_kept(&self.kept).await?;
             let result = self.publish_batches_on(&mut conn, batches).await;
-            // A connection that failed may be broken: the next call takes
-            // a fresh one from the pool.
-            if result.is_ok() {
-                *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
-            }
+            self.keep(&self.kept, conn, &result);
             result
         })
     }
