@@ -15,8 +15,8 @@
 //!   history with id `0-<seq>`, PUBLISHes and records the update's id in
 //!   a dedupe marker, so a retry after an ambiguous failure returns the
 //!   original `seq` instead of writing the update twice. A batch of
-//!   updates is one script call (on a cluster, one per slot), not one
-//!   per update: Redis' cost per call is paid per batch.
+//!   updates takes a few script calls of up to 32 updates each (on a
+//!   cluster, of one slot each), not one per update.
 //!
 //! Behind Redis Sentinel (replication is asynchronous, a failover can
 //! lose the master's last writes) two more rules keep a `seq` from ever

@@ -11,7 +11,8 @@
 //! Order updates go in calls of many ([`Scripts::update_calls`]): each
 //! topic's updates of a batch in one call, in order, and a call holds many
 //! topics (on a cluster, only topics of one slot). What a call costs Redis
-//! beyond its writes is then paid per batch rather than per update.
+//! beyond its writes is then paid per call of up to [`UPDATES_PER_CALL`]
+//! updates rather than per update.
 //!
 //! Behind Redis Sentinel, replication is asynchronous: a master killed
 //! before its replicas had a write takes it along, and the promoted
@@ -32,9 +33,13 @@ pub use wire::scripts::{DEDUPE_TTL_SECS, PublishCommand};
 
 /// Updates one call of `UPDATES_SCRIPT` takes before it stops taking new
 /// topics (a topic's updates stay in one call, so a call can exceed it).
-/// It bounds how long one call holds Redis: a few microseconds per update,
-/// about a millisecond for a full order-update batch (publisher's 256).
-pub const UPDATES_PER_CALL: usize = 256;
+/// It bounds how long one call holds Redis, which runs nothing else
+/// meanwhile: 6–30 µs per update, so well under a millisecond at 32. One
+/// call for a whole batch of 256 held Redis 7–8 ms on the loaded 2-core
+/// bench machine, and every gateway's XADD and the order service's reads
+/// waited behind it (Redis round trip median 5.8 ms instead of 2 ms,
+/// bench/orders.md). 32 still spreads the cost of a call over 32 updates.
+pub const UPDATES_PER_CALL: usize = 32;
 
 /// The publish scripts with what every call of them needs.
 pub struct Scripts {
