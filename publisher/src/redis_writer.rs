@@ -57,7 +57,10 @@ pub struct RedisWriter {
     /// double the feed's round trips.
     kept: Mutex<Option<Conn>>,
     /// The same for [`RedisWriter::write_updates`] (the update writer's
-    /// batches): without it, every batch cost a PING round trip too.
+    /// batches): without it, every batch cost a PING round trip too. It
+    /// skips the pool's `ROLE` check behind Sentinel as `kept` does: a
+    /// demoted master refuses the writes (or closes the connection), and
+    /// a failed call drops the connection.
     kept_for_updates: Mutex<Option<Conn>>,
     /// Behind Sentinel: the floor of each topic this writer wrote.
     floors: Option<Floors>,

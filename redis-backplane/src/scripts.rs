@@ -35,7 +35,7 @@ pub use wire::scripts::{DEDUPE_TTL_SECS, PublishCommand};
 /// topics (a topic's updates stay in one call, so a call can exceed it).
 /// It bounds how long one call holds Redis, which runs nothing else
 /// meanwhile: 6–30 µs per update, so well under a millisecond at 32. One
-/// call for a whole batch of 256 held Redis 7–8 ms on the loaded 2-core
+/// call for a whole batch of 256 held Redis 7–10 ms on the loaded 2-core
 /// bench machine, and every gateway's XADD and the order service's reads
 /// waited behind it (Redis round trip median 5.8 ms instead of 2 ms,
 /// bench/orders.md). 32 still spreads the cost of a call over 32 updates.
