@@ -11,10 +11,12 @@
 //! * Topic batches (quotes, other topics): one script call per topic per
 //!   batch takes `n` numbers with `INCRBY`, publishes the `n` envelopes
 //!   and, for quotes, stores the last one as the topic's snapshot.
-//! * Order updates: one script call per update INCRs, XADDs to the
+//! * Order updates: for each update, the script INCRs, XADDs to the
 //!   history with id `0-<seq>`, PUBLISHes and records the update's id in
 //!   a dedupe marker, so a retry after an ambiguous failure returns the
-//!   original `seq` instead of writing the update twice.
+//!   original `seq` instead of writing the update twice. A batch of
+//!   updates takes a few script calls of up to 32 updates each (on a
+//!   cluster, of one slot each), not one per update.
 //!
 //! Behind Redis Sentinel (replication is asynchronous, a failover can
 //! lose the master's last writes) two more rules keep a `seq` from ever
@@ -54,6 +56,12 @@ pub struct RedisWriter {
     /// from the pool costs a PING (deadpool's recycle check), which would
     /// double the feed's round trips.
     kept: Mutex<Option<Conn>>,
+    /// The same for [`RedisWriter::write_updates`] (the update writer's
+    /// batches): without it, every batch cost a PING round trip too. It
+    /// skips the pool's `ROLE` check behind Sentinel as `kept` does: a
+    /// demoted master refuses the writes (or closes the connection), and
+    /// a failed call drops the connection.
+    kept_for_updates: Mutex<Option<Conn>>,
     /// Behind Sentinel: the floor of each topic this writer wrote.
     floors: Option<Floors>,
 }
@@ -111,6 +119,7 @@ impl RedisWriter {
             link,
             scripts: Scripts::new(&prefix, publish, history_maxlen),
             kept: Mutex::new(None),
+            kept_for_updates: Mutex::new(None),
             floors: None,
         }
     }
@@ -162,28 +171,63 @@ impl RedisWriter {
         seqs
     }
 
+    /// Takes the connection kept in `slot`, or one from the link.
+    async fn take_kept(&self, slot: &Mutex<Option<Conn>>) -> Result<Conn, WriteError> {
+        let kept = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.conn().await,
+        }
+    }
+
+    /// Keeps `conn` in `slot` for the next call if `result` is a success:
+    /// a connection that failed may be broken, so the next call takes a
+    /// fresh one from the pool.
+    fn keep<T>(&self, slot: &Mutex<Option<Conn>>, conn: Conn, result: &Result<T, WriteError>) {
+        if result.is_ok() {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        }
+    }
+
     /// Writes order updates in one pipeline, in order. Safe to repeat with
     /// the same updates after any failure: each is written once.
     pub async fn write_updates(&self, updates: &[OrderUpdate]) -> Result<Vec<Written>, WriteError> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
-        if let Conn::Single(c) = &mut conn {
+        let mut conn = self.take_kept(&self.kept_for_updates).await?;
+        let result = self.write_updates_with(&mut conn, updates).await;
+        self.keep(&self.kept_for_updates, conn, &result);
+        result
+    }
+
+    async fn write_updates_with(
+        &self,
+        conn: &mut Conn,
+        updates: &[OrderUpdate],
+    ) -> Result<Vec<Written>, WriteError> {
+        if let Conn::Single(c) = conn {
             return self.write_updates_on(c, updates).await;
         }
-        let mut calls = Vec::with_capacity(updates.len());
-        for u in updates {
-            let topic = u.topic.as_str();
-            let cmd = self.scripts.update(topic, &u.id, &u.head, &u.tail);
-            calls.push((self.scripts.slot(topic), cmd));
-        }
-        let values = self.run(&mut conn, calls).await?;
-        values
+        // A cluster: one call per slot's topics, each call on its node.
+        let calls = self.scripts.update_calls(&self.update_args(updates), true);
+        let cmds = calls.iter().map(|c| (c.slot, c.cmd.clone())).collect();
+        let values = self.run(conn, cmds).await?;
+        let written = scripts::spread_replies(&calls, &values, updates.len()).map_err(update_error)?;
+        Ok(written.into_iter().map(|(seq, duplicate)| Written { seq, duplicate }).collect())
+    }
+
+    /// The script arguments of `updates`, with each topic's floor.
+    fn update_args<'u>(&self, updates: &'u [OrderUpdate]) -> Vec<Update<'u>> {
+        let floor = |topic: &str| self.floors.as_ref().map_or(0, |f| f.get(topic));
+        updates
             .iter()
-            .map(|v| match scripts::update_reply(v) {
-                Some((seq, duplicate)) => Ok(Written { seq, duplicate }),
-                None => Err(WriteError::Reply(format!("{v:?}"))),
+            .map(|u| Update {
+                topic: u.topic.as_str(),
+                id: &u.id,
+                head: &u.head,
+                tail: &u.tail,
+                floor: floor(u.topic.as_str()),
             })
             .collect()
     }
@@ -194,21 +238,8 @@ impl RedisWriter {
         conn: &mut redis_backplane::pool::Connection,
         updates: &[OrderUpdate],
     ) -> Result<Vec<Written>, WriteError> {
-        let floor = |topic: &str| self.floors.as_ref().map_or(0, |f| f.get(topic));
-        let calls: Vec<Update<'_>> = updates
-            .iter()
-            .map(|u| Update {
-                topic: u.topic.as_str(),
-                id: &u.id,
-                head: &u.head,
-                tail: &u.tail,
-                floor: floor(u.topic.as_str()),
-            })
-            .collect();
-        let written = self.scripts.write_updates(&mut **conn, &calls).await.map_err(|e| match e {
-            UpdateError::Redis(e) => WriteError::Redis(e),
-            other => WriteError::Reply(other.to_string()),
-        })?;
+        let calls = self.update_args(updates);
+        let written = self.scripts.write_updates(&mut **conn, &calls).await.map_err(update_error)?;
         if let Some(floors) = &self.floors {
             updates.iter().zip(&written).for_each(|(u, (seq, _))| floors.raise(u.topic.as_str(), *seq));
         }
@@ -282,20 +313,19 @@ impl RedisWriter {
     }
 }
 
+fn update_error(e: UpdateError) -> WriteError {
+    match e {
+        UpdateError::Redis(e) => WriteError::Redis(e),
+        other => WriteError::Reply(other.to_string()),
+    }
+}
+
 impl Backplane for RedisWriter {
     fn publish<'a>(&'a self, batches: &'a [TopicBatch]) -> BoxFuture<'a, Result<Vec<u64>, WriteError>> {
         Box::pin(async move {
-            let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner).take();
-            let mut conn = match kept {
-                Some(conn) => conn,
-                None => self.conn().await?,
-            };
+            let mut conn = self.take_kept(&self.kept).await?;
             let result = self.publish_batches_on(&mut conn, batches).await;
-            // A connection that failed may be broken: the next call takes
-            // a fresh one from the pool.
-            if result.is_ok() {
-                *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
-            }
+            self.keep(&self.kept, conn, &result);
             result
         })
     }

@@ -19,7 +19,8 @@
 //! * [`UPDATE_SCRIPT`] (order updates): INCRs, XADDs to the history with id
 //!   `0-<seq>`, PUBLISHes, and records the update's id in a dedupe marker,
 //!   so a retry after an ambiguous failure returns the original `seq`
-//!   instead of writing the update twice.
+//!   instead of writing the update twice. [`UPDATES_SCRIPT`] does the
+//!   same for many updates in one call (the order service's batches).
 
 /// How long a dedupe marker outlives its update: far longer than any
 /// retry of that update can take.
@@ -77,47 +78,111 @@ end
 return last
 ";
 
+/// The Lua both update scripts share: `write_update(...)` writes one
+/// update once and returns `{seq, duplicate}`, or an error reply (a
+/// table with `err`) before writing anything of that update.
+///
+/// A counter that fell behind its history (deleted or evicted while the
+/// stream survived) would make every XADD fail; the function then moves
+/// the counter past the stream's last id once, instead of failing forever.
+macro_rules! write_update_lua {
+    () => {
+        r"
+local function write_update(counter, history, marker, command, channel, head, tail, maxlen, ttl, floor, publish)
+  local done = redis.call('GET', marker)
+  if done then
+    return {tonumber(done), 1}
+  end
+  floor = tonumber(floor) or 0
+  if floor > 0 and (tonumber(redis.call('GET', counter)) or 0) < floor then
+    redis.call('SET', counter, floor)
+  end
+  local seq = redis.call('INCR', counter)
+  local env = head .. seq .. tail
+  local added = redis.pcall('XADD', history, 'MAXLEN', '~', maxlen, '0-' .. seq, 'env', env)
+  if type(added) == 'table' and added.err then
+    local top = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)
+    local last = top[1] and tonumber(string.match(top[1][1], '^0%-(%d+)$'))
+    if not last or last < seq then
+      return redis.error_reply(added.err)
+    end
+    redis.call('SET', counter, last)
+    seq = redis.call('INCR', counter)
+    env = head .. seq .. tail
+    redis.call('XADD', history, 'MAXLEN', '~', maxlen, '0-' .. seq, 'env', env)
+  end
+  redis.call('SET', marker, seq, 'NX', 'EX', ttl)
+  if publish == '1' then
+    redis.call(command, channel, env)
+  end
+  return {seq, 0}
+end
+"
+    };
+}
+
+/// Both scripts refuse any other first argument before writing anything
+/// (Lua errors do not roll back earlier writes), so a caller still
+/// using an older argument layout fails cleanly.
+macro_rules! check_command_lua {
+    () => {
+        r"
+if ARGV[1] ~= 'PUBLISH' and ARGV[1] ~= 'SPUBLISH' then
+  return redis.error_reply('ERR first argument must be PUBLISH or SPUBLISH')
+end
+"
+    };
+}
+
 /// KEYS: seq counter, history stream, dedupe marker. ARGV: publish
 /// command ([`PublishCommand`]), channel, envelope head, envelope tail,
 /// history maxlen, marker TTL (s), floor (as for [`BATCH_SCRIPT`]),
 /// publish flag (`1`: publish now; `0`: the caller publishes once a
 /// replica has the write, see `redis_backplane::scripts`).
 /// Returns {seq, 1 if this update had already been written}.
+pub const UPDATE_SCRIPT: &str = concat!(
+    check_command_lua!(),
+    write_update_lua!(),
+    r"
+return write_update(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+"
+);
+
+/// [`UPDATE_SCRIPT`] for many updates in one call, in order: what one
+/// call per update costs Redis beyond the writes themselves (parsing the
+/// call, starting the script, its reply) is paid once per call.
 ///
-/// Both scripts refuse any other first argument before writing anything
-/// (Lua errors do not roll back earlier writes), so a caller still
-/// using an older argument layout fails cleanly.
+/// KEYS: per update its seq counter, history stream and dedupe marker
+/// (the three keys of [`UPDATE_SCRIPT`]). ARGV: publish command, history
+/// maxlen, marker TTL (s), publish flag, then per update its channel,
+/// envelope head, envelope tail and floor. Returns one {seq, duplicate}
+/// per update.
 ///
-/// A counter that fell behind its history (deleted or evicted while the
-/// stream survived) would make every XADD fail; the script then moves the
-/// counter past the stream's last id once, instead of failing forever.
-pub const UPDATE_SCRIPT: &str = r"
-if ARGV[1] ~= 'PUBLISH' and ARGV[1] ~= 'SPUBLISH' then
-  return redis.error_reply('ERR first argument must be PUBLISH or SPUBLISH')
+/// Each update is written exactly as by [`UPDATE_SCRIPT`] (its history
+/// entry and PUBLISH in one step, its marker, its topic's next `seq`). If
+/// one fails, the call stops there with its error: the updates before it
+/// are written (a retry finds their markers), none after it is, so a
+/// topic's later update never takes a `seq` before an earlier one.
+/// A call may name keys of several topics (one Redis, where a script may
+/// touch any key); on a cluster callers keep each call to one slot.
+pub const UPDATES_SCRIPT: &str = concat!(
+    check_command_lua!(),
+    write_update_lua!(),
+    r"
+local n = #KEYS / 3
+if n ~= math.floor(n) or #ARGV ~= 4 + 4 * n then
+  return redis.error_reply('ERR want 3 keys and 4 arguments per update')
 end
-local done = redis.call('GET', KEYS[3])
-if done then
-  return {tonumber(done), 1}
-end
-local floor = tonumber(ARGV[7]) or 0
-if floor > 0 and (tonumber(redis.call('GET', KEYS[1])) or 0) < floor then
-  redis.call('SET', KEYS[1], floor)
-end
-local seq = redis.call('INCR', KEYS[1])
-local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'env', ARGV[3] .. seq .. ARGV[4])
-if type(added) == 'table' and added.err then
-  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  local last = top[1] and tonumber(string.match(top[1][1], '^0%-(%d+)$'))
-  if not last or last < seq then
-    return redis.error_reply(added.err)
+local replies = {}
+for i = 0, n - 1 do
+  local k, a = 3 * i, 4 + 4 * i
+  local written = write_update(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[1], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], ARGV[2], ARGV[3], ARGV[a + 4], ARGV[4])
+  if written.err then
+    return written
   end
-  redis.call('SET', KEYS[1], last)
-  seq = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'env', ARGV[3] .. seq .. ARGV[4])
+  replies[i + 1] = written
 end
-redis.call('SET', KEYS[3], seq, 'NX', 'EX', ARGV[6])
-if ARGV[8] == '1' then
-  redis.call(ARGV[1], ARGV[2], ARGV[3] .. seq .. ARGV[4])
-end
-return {seq, 0}
-";
+return replies
+"
+);
