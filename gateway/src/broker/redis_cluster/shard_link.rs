@@ -30,7 +30,7 @@
 //! which shards have one.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ impl ShardConnector {
         standby: bool,
         gauge: Gauge,
     ) -> Self {
-        let dedup = Arc::new(Dedup::new(delivery, standby));
+        let dedup = Arc::new(Dedup::new(delivery));
         ShardConnector {
             opener: Opener { seed: seed.clone(), dedup, timeout },
             seen: Mutex::new(nodes.clone()),
@@ -266,6 +266,8 @@ struct Sides {
     busy: bool,
     /// `gateway_backplane_standby_up` of this shard.
     gauge: Gauge,
+    /// Told when a standby comes and goes.
+    dedup: Arc<Dedup>,
 }
 
 impl Sides {
@@ -276,12 +278,14 @@ impl Sides {
         self.standby = Some(side);
         self.missing = self.held.clone();
         self.gauge.set(1);
+        self.dedup.start();
     }
 
     fn end_standby(&mut self, why: &str) {
         if let Some(side) = self.standby.take() {
             self.missing.clear();
             self.gauge.set(0);
+            self.dedup.stop();
             tracing::info!(replica = %format!("{}:{}", side.addr.0, side.addr.1), reason = why,
                 "standby subscriptions on a replica ended; the shard goes on from its master");
         }
@@ -325,15 +329,30 @@ pub(super) struct Dedup {
     /// Per channel: the highest `seq` passed on and the connection it
     /// came from.
     last: Mutex<HashMap<String, (u64, u64)>>,
-    /// Off without a standby: every message is passed on.
-    active: bool,
+    /// A standby is installed. Without one every message is passed on
+    /// at once: no seq read, no lock (a cluster without replicas, or
+    /// standbys off, pays nothing for them).
+    active: AtomicBool,
     /// Where the readers' `sunsubscribe`s go (set at each connect).
     notices: Mutex<Option<mpsc::UnboundedSender<Notice>>>,
 }
 
 impl Dedup {
-    fn new(delivery: Delivery, active: bool) -> Self {
-        Dedup { delivery, active, last: Mutex::default(), notices: Mutex::default() }
+    fn new(delivery: Delivery) -> Self {
+        Dedup { delivery, active: AtomicBool::new(false), last: Mutex::default(), notices: Mutex::default() }
+    }
+
+    /// A standby was installed: from now on each message may come twice.
+    /// Before its SSUBSCRIBEs, so every message it will bring is recorded
+    /// on its first copy.
+    fn start(&self) {
+        self.active.store(true, Ordering::SeqCst);
+    }
+
+    /// The standby is gone: one copy of each message again.
+    fn stop(&self) {
+        self.active.store(false, Ordering::SeqCst);
+        self.last.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
     /// Delivers `payload` unless it is the other connection's copy of a
@@ -341,7 +360,10 @@ impl Dedup {
     /// *same* connection is a stream that started again (its counter
     /// reset) and passes.
     fn deliver(&self, channel: &str, payload: &[u8], side: u64) {
-        if !self.active || channel == self.delivery.reply_channel || self.delivery.probes.is_probe(channel) {
+        if !self.active.load(Ordering::SeqCst)
+            || channel == self.delivery.reply_channel
+            || self.delivery.probes.is_probe(channel)
+        {
             // A second reply finds no waiting request (dropped there); a
             // second probe finds its nonce answered already.
             self.delivery.deliver(channel, payload);
@@ -370,14 +392,11 @@ impl Dedup {
     /// A new connection: nothing it brings was passed on before. (Also
     /// forgets channels let go while the link was down.)
     fn restart(&self, notices: mpsc::UnboundedSender<Notice>) {
-        self.last.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.stop();
         *self.notices.lock().unwrap_or_else(PoisonError::into_inner) = Some(notices);
     }
 
     fn forget(&self, channels: &[String]) {
-        if !self.active {
-            return;
-        }
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         for channel in channels {
             last.remove(channel);
@@ -449,6 +468,7 @@ impl Connector for ShardConnector {
                 missing: HashSet::new(),
                 busy: false,
                 gauge: self.gauge.clone(),
+                dedup: Arc::clone(&self.opener.dedup),
             }));
             let (tx, rx) = mpsc::unbounded_channel();
             self.opener.dedup.restart(tx.clone());
