@@ -215,20 +215,34 @@ class Checks:
     # -- scale --------------------------------------------------------------
 
     def gateways_up(self):
-        """Servers of haproxy's `gateways` backend that are UP (stats CSV)."""
+        """Servers of haproxy's `gateways` backend that are UP *and* whose last
+        health check passed (stats CSV, columns read by the header's names).
+
+        haproxy counts a server UP from the moment DNS gives it an address,
+        before its first check; connections sent to it then are refused and
+        redispatched to the other nodes, so "UP" alone is not "serving"."""
         status, _, body = http(self.args.stats.rstrip("/") + "/;csv", timeout=3)
         if status != 200:
             return 0
+        lines = body.decode().splitlines()
+        if not lines or not lines[0].startswith("# "):
+            return 0
+        header = lines[0][2:].split(",")
         up = 0
-        for line in body.decode().splitlines():
-            cols = line.split(",")
-            if len(cols) > 17 and cols[0] == "gateways" and cols[1] not in ("FRONTEND", "BACKEND") and cols[17].startswith("UP"):
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(",")))
+            if (
+                row.get("pxname") == "gateways"
+                and row.get("svname") not in ("FRONTEND", "BACKEND")
+                and row.get("status") == "UP"
+                and row.get("check_status") == "L7OK"
+            ):
                 up += 1
         return up
 
     async def check_scale(self):
         self.compose_run("up", "-d", "--no-build", "--no-recreate", "--scale", "gateway=3")
-        await wait_for("three gateways UP at the balancer", lambda: self.gateways_up() >= 3, 90)
+        await wait_for("three gateways UP and checked at the balancer", lambda: self.gateways_up() >= 3, 90)
         clients = [await Client(self.ws_url, f"scale-{i}").open() for i in range(9)]
         try:
             nodes = {c.node for c in clients}
