@@ -177,10 +177,13 @@ echo $LG >"$OUT/pids/loadgen.pid"
 if [ "$MONITOR" != 0 ]; then
   python3 "$ROOT/bench/orders_redis.py" monitor "$OUT" 3 "$MONITOR" &
 fi
-( sleep "$MAXT"; kill -INT $LG 2>/dev/null; sleep 20; kill -KILL $LG 2>/dev/null ) &
+# Its output goes nowhere: a pipe reading this script's output must not
+# stay open for the watchdog's sleep after the run.
+( sleep "$MAXT"; kill -INT $LG 2>/dev/null; sleep 20; kill -KILL $LG 2>/dev/null ) >/dev/null 2>&1 &
 WATCHDOG=$!
 wait $LG
 echo $? >"$OUT/loadgen.rc"
+pkill -P $WATCHDOG 2>/dev/null
 kill $WATCHDOG 2>/dev/null
 rm -f "$OUT/pids/loadgen.pid"
 
