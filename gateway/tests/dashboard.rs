@@ -10,7 +10,7 @@ use std::process::Command;
 
 use gateway::Config;
 use testkit::process::{PublisherProcess, Scratch, try_http};
-use testkit::{TestGateway, TestRedis, memory_config, unique_prefix};
+use testkit::{TestGateway, TestRedis, redis_config, unique_prefix};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn repo() -> PathBuf {
@@ -201,13 +201,16 @@ async fn every_dashboard_query_names_live_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Live pages: a gateway in-process, the publisher as its process.
+    // Live pages: a gateway in-process on Redis (the backplane's per-shard
+    // figures exist only there), the publisher as its process.
     // Labelled counters appear with their first event, so cause one of
     // each: an upgrade refused by origin, an error frame, a close.
+    let redis = TestRedis::get().await;
+    let prefix = unique_prefix();
     let config = Config {
         allowed_origins: vec!["https://ok.example".into()],
         max_client_errors: 1,
-        ..memory_config()
+        ..redis_config(&redis.url(), &prefix)
     };
     let gateway = TestGateway::start(config).await;
     let mut request = gateway.ws_url().into_client_request().unwrap();
@@ -219,8 +222,6 @@ async fn every_dashboard_query_names_live_metrics() {
     let (status, page) = gateway.get("/metrics").await;
     assert_eq!(status, 200);
     let gateway_page = Exposition::parse(&page);
-    let redis = TestRedis::get().await;
-    let prefix = unique_prefix();
     let publisher = PublisherProcess::start(&redis.url(), &prefix, &[], &scratch.dir).await;
     // One order request, as a gateway would send it, so the publisher's
     // replies-by-code counter has a sample.
@@ -308,6 +309,10 @@ async fn every_dashboard_query_names_live_metrics() {
         "gateway_fanout_duration_seconds_bucket",
         "gateway_queue_wait_seconds_bucket",
         "gateway_order_round_trip_seconds_bucket",
+        "gateway_frames_direct_total",
+        "gateway_backplane_shard_up",
+        "publisher_order_update_write_seconds_bucket",
+        "process_open_fds",
         "trace_spans_dropped_total",
     ] {
         assert!(checked.contains(needed), "the dashboard shows {needed}");
