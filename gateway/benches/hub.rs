@@ -29,7 +29,7 @@ fn delivery(topic: &Topic, seq: u64) -> Delivery {
         r#"{{"type":"message","topic":"{}","seq":{seq},"ts":1,"data":{{"bid":1.0}}}}"#,
         topic.as_str()
     ));
-    Delivery { topic: topic.clone(), seq, text, conflatable: false, fanned_out: None }
+    Delivery { topic: topic.clone(), seq, text, conflatable: false, fanned_out: None, direct: true }
 }
 
 struct Timings {

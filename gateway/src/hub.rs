@@ -32,6 +32,7 @@ use tracing::field::Empty;
 use wire::envelope::Envelope;
 use wire::{Topic, TopicFamily};
 
+use crate::broker::Pace;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, Pushed};
 use crate::subscribers::Subscribers;
@@ -205,12 +206,13 @@ impl Hub {
         done
     }
 
-    /// Takes one envelope from the backplane: parse it once, build the
-    /// client frame once, fan it out. Malformed envelopes are counted and
-    /// skipped (logged the first time and every 1000th after).
+    /// Takes one envelope from the backplane, arriving alone: parse it
+    /// once, build the client frame once, fan it out. Malformed envelopes
+    /// are counted and skipped (logged the first time and every 1000th
+    /// after).
     pub fn ingest(&self, topic: &str, payload: &[u8]) -> usize {
         match self.parse(topic, payload) {
-            Some((topic, env)) => self.fan_out(topic, &env, true),
+            Some((topic, env)) => self.fan_out(topic, &env, true, Pace::Alone),
             None => 0,
         }
     }
@@ -238,8 +240,9 @@ impl Hub {
     /// Builds `env`'s client frame once and delivers it to every local
     /// subscriber of `topic`; returns how many queues took it. `live`:
     /// it came from the backplane now (its latency is measured), not
-    /// from history (a gap being filled).
-    pub(crate) fn fan_out(&self, topic: Topic, env: &Envelope<'_>, live: bool) -> usize {
+    /// from history (a gap being filled). `pace`: only a message that came
+    /// alone may be written to idle sockets by the fan-out itself.
+    pub(crate) fn fan_out(&self, topic: Topic, env: &Envelope<'_>, live: bool, pace: Pace) -> usize {
         let family = topic.family();
         let n = self.ingested.fetch_add(1, Ordering::Relaxed);
         let timed = live && (family == TopicFamily::Orders || n.is_multiple_of(TIMED_EVERY));
@@ -269,7 +272,8 @@ impl Hub {
         let text = Bytes::from(env.to_message_frame());
         let conflatable = family == TopicFamily::Quotes;
         let fanned_out = n.is_multiple_of(QUEUE_WAIT_EVERY).then(Instant::now);
-        let done = self.dispatch(Delivery { topic, seq: env.seq, text, conflatable, fanned_out });
+        let direct = pace == Pace::Alone;
+        let done = self.dispatch(Delivery { topic, seq: env.seq, text, conflatable, fanned_out, direct });
         if let Some(arrived) = arrived {
             self.metrics.fanout_duration.get(family).observe(arrived.elapsed().as_secs_f64());
         }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use wire::envelope::Envelope;
 use wire::{Topic, TopicFamily};
 
-use crate::broker::{Broker, Sink};
+use crate::broker::{Broker, Pace, Sink};
 use crate::history::History;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -150,7 +150,7 @@ impl Inbound {
             Ok(history) => {
                 let mut sent = 0;
                 for env in history.envelopes(Some(before)) {
-                    self.hub.fan_out(topic.clone(), &env, false);
+                    self.hub.fan_out(topic.clone(), &env, false, Pace::Burst);
                     sent += 1;
                 }
                 self.metrics.gaps_filled.inc();
@@ -194,22 +194,22 @@ impl Inbound {
             // Outside the lock: held updates are only fanned out here, one
             // at a time, and live ones wait while `filling` is set.
             if let Ok(env) = Envelope::parse(&raw, Some(topic.as_str())) {
-                self.hub.fan_out(topic.clone(), &env, true);
+                self.hub.fan_out(topic.clone(), &env, true, Pace::Burst);
             }
         }
     }
 }
 
 impl Sink for Inbound {
-    fn message(&self, topic: &str, envelope: &[u8]) {
+    fn message(&self, topic: &str, envelope: &[u8], pace: Pace) {
         let Some((topic, env)) = self.hub.parse(topic, envelope) else { return };
         if topic.family() != TopicFamily::Orders {
-            self.hub.fan_out(topic, &env, true);
+            self.hub.fan_out(topic, &env, true, pace);
             return;
         }
         match self.order_update(&topic, env.seq, envelope) {
             Next::FanOut => {
-                self.hub.fan_out(topic, &env, true);
+                self.hub.fan_out(topic, &env, true, pace);
             }
             Next::Held => {}
             Next::Fill { after } => {
@@ -286,11 +286,11 @@ mod tests {
     async fn a_gap_is_filled_once_for_every_subscriber_before_the_live_updates() {
         let s = setup(FakeBroker::gated(), 3);
         let live: Vec<Vec<u8>> = (1..=9).map(|seq| s.broker.keep(TOPIC, seq)).collect();
-        s.inbound.message(TOPIC, &live[0]);
+        s.inbound.message(TOPIC, &live[0], Pace::Alone);
         // 2 and 3 never arrive live; 4 and 5 arrive while the fill waits
         // for history, 8 after a second hole (6, 7) among the held ones.
         for seq in [4, 5, 8] {
-            s.inbound.message(TOPIC, &live[seq - 1]);
+            s.inbound.message(TOPIC, &live[seq - 1], Pace::Alone);
         }
         for outbox in &s.outboxes {
             assert_eq!(seqs(outbox), [1], "held while the gap is read");
@@ -299,7 +299,7 @@ mod tests {
         s.broker.let_read();
         until(|| s.broker.reads.load(Ordering::SeqCst) == 2).await;
         until(|| !s.inbound.streams.lock().unwrap()[TOPIC].filling).await;
-        s.inbound.message(TOPIC, &live[8]);
+        s.inbound.message(TOPIC, &live[8], Pace::Alone);
         for outbox in &s.outboxes {
             assert_eq!(seqs(outbox), [2, 3, 4, 5, 6, 7, 8, 9], "every update once, in order");
         }
@@ -312,17 +312,17 @@ mod tests {
     async fn a_hole_history_lost_is_left_and_the_stream_goes_on() {
         let s = setup(FakeBroker::default(), 1);
         let first = s.broker.keep(TOPIC, 1);
-        s.inbound.message(TOPIC, &first);
+        s.inbound.message(TOPIC, &first, Pace::Alone);
         // 2..4 are not in history: 5 goes out after the attempt.
         let fifth = wire::envelope::encode(TOPIC, 5, 1, "{}", None).into_bytes();
-        s.inbound.message(TOPIC, &fifth);
+        s.inbound.message(TOPIC, &fifth, Pace::Alone);
         until(|| !s.inbound.streams.lock().unwrap()[TOPIC].filling).await;
         assert_eq!(seqs(&s.outboxes[0]), [1, 5]);
         // Quotes are never held or filled; a topic nobody holds is not tracked.
         let quote = wire::envelope::encode("quotes.A", 9, 1, "{}", None).into_bytes();
-        s.inbound.message("quotes.A", &quote);
+        s.inbound.message("quotes.A", &quote, Pace::Alone);
         let other = wire::envelope::encode("orders.other", 3, 1, "{}", None).into_bytes();
-        s.inbound.message("orders.other", &other);
+        s.inbound.message("orders.other", &other, Pace::Alone);
         assert_eq!(s.inbound.streams.lock().unwrap().len(), 1);
         s.inbound.forget(TOPIC);
         assert!(s.inbound.streams.lock().unwrap().is_empty());

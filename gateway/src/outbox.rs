@@ -31,6 +31,12 @@
 //! Either way the outbox is no longer parked, so every later frame
 //! queues behind it, in order.
 //!
+//! Only a frame whose message did not come in a burst takes the direct
+//! path ([`Delivery::direct`], [`crate::broker::Pace`]): when the node is
+//! behind its backplane, one write per frame per subscriber would make a
+//! busy node busier, so such frames queue (also into a parked outbox,
+//! which then stops being parked) and the task writes them many at a time.
+//!
 //! Why this is safe: the outbox's lock decides who writes. The hub writes
 //! only while the outbox is parked, and holds the lock for the whole
 //! write (one syscall, never across an `.await`), so two pushes never
@@ -76,6 +82,11 @@ pub struct Delivery {
     /// When it was fanned out, on the few messages whose queue wait is
     /// measured (so deliveries need no clock read of their own).
     pub fanned_out: Option<std::time::Instant>,
+    /// The fan-out may write it to a parked socket itself (the message was
+    /// not part of a burst: [`crate::broker::Pace::Alone`]); otherwise it
+    /// is queued for the connection's task, which writes queued frames in
+    /// batches.
+    pub direct: bool,
 }
 
 /// What a push did.
@@ -163,6 +174,7 @@ impl Outbox {
             return Pushed::Closed;
         }
         if state.parked
+            && delivery.direct
             && let Some(tcp) = &self.direct
             && size <= self.limits.bytes
             && let Some(pushed) = write_direct(&mut state, tcp, delivery)
@@ -325,7 +337,14 @@ mod tests {
     fn delivery(topic: &str, seq: u64) -> Arc<Delivery> {
         let topic = Topic::parse(topic).unwrap();
         let conflatable = topic.family() == wire::TopicFamily::Quotes;
-        Arc::new(Delivery { topic, seq, text: Bytes::from_static(b"{}"), conflatable, fanned_out: None })
+        Arc::new(Delivery {
+            topic,
+            seq,
+            text: Bytes::from_static(b"{}"),
+            conflatable,
+            fanned_out: None,
+            direct: true,
+        })
     }
 
     /// An outbox without the direct path, holding `topics`.
@@ -380,7 +399,7 @@ mod tests {
         let big = |seq| {
             let text = Bytes::from("x".repeat(600));
             let topic = Topic::parse("orders.a").unwrap();
-            Arc::new(Delivery { topic, seq, text, conflatable: false, fanned_out: None })
+            Arc::new(Delivery { topic, seq, text, conflatable: false, fanned_out: None, direct: true })
         };
         let outbox = holding(Limits { frames: 100, bytes: 1000 }, &["orders.a"]);
         assert_eq!(outbox.push(&big(1)), Pushed::Queued);

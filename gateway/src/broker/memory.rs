@@ -16,7 +16,7 @@ use publisher::order_desk::RequestSender;
 use wire::orders::OrderRequest;
 use wire::{Topic, TopicFamily};
 
-use super::{Answer, Broker, BrokerError, Publish, Sink, Subscribed};
+use super::{Answer, Broker, BrokerError, Pacing, Publish, Sink, Subscribed};
 
 /// Envelopes of history kept per non-quote topic.
 const HISTORY_LEN: usize = 512;
@@ -70,10 +70,13 @@ impl MemoryBroker {
         {
             return (seen.seq, true);
         }
-        for tail in tails {
+        let mut pacing = Pacing::default();
+        let mut tails = tails.into_iter().peekable();
+        while let Some(tail) = tails.next() {
             log.seq += 1;
             let envelope = format!("{head}{}{tail}", log.seq).into_bytes();
-            self.sink.message(topic.as_str(), &envelope);
+            let pace = pacing.next(tails.peek().is_some());
+            self.sink.message(topic.as_str(), &envelope, pace);
             if topic.family() == TopicFamily::Quotes {
                 log.last = Some(envelope);
             } else {
@@ -151,15 +154,17 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Pace;
 
-    /// Counts what it is handed.
+    /// Counts what it is handed, and how each message came.
     #[derive(Default)]
-    struct Counting(Mutex<Vec<(String, u64)>>);
+    struct Counting(Mutex<Vec<(String, u64)>>, Mutex<Vec<Pace>>);
 
     impl Sink for Counting {
-        fn message(&self, topic: &str, envelope: &[u8]) {
+        fn message(&self, topic: &str, envelope: &[u8], pace: Pace) {
             let seq = wire::Envelope::parse(envelope, Some(topic)).unwrap().seq;
             self.0.lock().unwrap().push((topic.to_owned(), seq));
+            self.1.lock().unwrap().push(pace);
         }
         fn reply(&self, _payload: &[u8]) {}
         fn wanted(&self, _topic: &str) -> bool {
@@ -191,6 +196,12 @@ mod tests {
         let delivered: Vec<(String, u64)> = sink.0.lock().unwrap().clone();
         let want = [("orders.a", 1), ("orders.a", 2), ("orders.a", 3), ("quotes.A", 1)];
         assert_eq!(delivered, want.map(|(t, s)| (t.to_owned(), s)), "every append reaches the sink once");
+        let tails = vec![tail.as_str(); Pacing::ENTER as usize + 3];
+        broker.append(&topic, &head, tails, None);
+        let paces = sink.1.lock().unwrap().split_off(4);
+        let bursts = paces.iter().filter(|p| **p == Pace::Burst).count();
+        assert_eq!(bursts, 4, "from the ENTER-th with one more behind, to the end: a burst");
+        assert_eq!(paces[0], Pace::Alone, "a batch starts alone");
         let refused = broker.submit_order("{}".into()).await;
         assert!(matches!(refused, Err(BrokerError::NotSupported(_))));
     }

@@ -7,7 +7,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubSink;
 use tokio::sync::mpsc;
 use wire::keys;
@@ -15,7 +15,7 @@ use wire::keys;
 use super::pubsub::link::{self, Connected, Connector, LinkSettings, Notice};
 use super::pubsub::table::Outcome;
 use super::pubsub::{Inputs, Layout, LinkSpec, ProbeReturns};
-use super::{BoxFuture, Sink};
+use super::{BoxFuture, Pace, Pacing, Sink};
 
 /// Where a reader delivers what it receives.
 #[derive(Clone)]
@@ -34,15 +34,15 @@ impl Delivery {
     }
 
     /// One received message: a delivery probe, an order reply or a
-    /// topic's envelope.
-    pub(crate) fn deliver(&self, channel: &str, payload: &[u8]) {
+    /// topic's envelope; `pace` tells whether more were waiting behind it.
+    pub(crate) fn deliver(&self, channel: &str, payload: &[u8], pace: Pace) {
         if self.probes.take(channel, payload) {
             return;
         }
         if channel == self.reply_channel {
             self.sink.reply(payload);
         } else if let Some(topic) = keys::topic_of_channel(&self.prefix, channel) {
-            self.sink.message(topic, payload);
+            self.sink.message(topic, payload, pace);
         }
     }
 }
@@ -85,8 +85,27 @@ impl Connector for PlainConnector {
             let (tx, rx) = mpsc::unbounded_channel();
             let delivery = self.delivery.clone();
             let reader = tokio::spawn(async move {
-                while let Some(msg) = stream.next().await {
-                    delivery.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+                // One message of lookahead: whether the next one is
+                // already parsed and waiting, over a run of messages, and
+                // how long the reader waits when none is, say if this node
+                // is behind its link (`Pacing`). Polling `next()` once
+                // and dropping it when pending loses nothing (a stream's
+                // `next` is cancel safe).
+                let mut pacing = Pacing::default();
+                let mut next = stream.next().await;
+                while let Some(msg) = next {
+                    let after = stream.next().now_or_never();
+                    let pace = pacing.next(matches!(after, Some(Some(_))));
+                    delivery.deliver(msg.get_channel_name(), msg.get_payload_bytes(), pace);
+                    next = match after {
+                        Some(after) => after,
+                        None => {
+                            let from = std::time::Instant::now();
+                            let next = stream.next().await;
+                            pacing.waited(from.elapsed());
+                            next
+                        }
+                    };
                 }
                 let _ = tx.send(Notice::Lost("pub/sub stream ended".into()));
             });

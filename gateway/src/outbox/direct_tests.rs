@@ -37,7 +37,7 @@ fn outbox(tcp: &Arc<TcpStream>, limits: Limits, topics: &[&str]) -> Outbox {
 
 fn delivery(topic: &str, seq: u64, text: Bytes) -> Arc<Delivery> {
     let topic = Topic::parse(topic).unwrap();
-    Arc::new(Delivery { topic, seq, text, conflatable: false, fanned_out: None })
+    Arc::new(Delivery { topic, seq, text, conflatable: false, fanned_out: None, direct: true })
 }
 
 /// A small frame whose payload names its topic and seq.
@@ -89,6 +89,35 @@ fn take_texts(outbox: &Outbox) -> Vec<Bytes> {
     let mut batch = VecDeque::new();
     outbox.take(&mut batch);
     batch.iter().map(|d| d.text.clone()).collect()
+}
+
+/// A frame whose message did not come alone (`Pace::Burst`).
+fn in_burst(topic: &str, seq: u64) -> Arc<Delivery> {
+    let text = Bytes::from(format!("{topic}#{seq}"));
+    let topic = Topic::parse(topic).unwrap();
+    Arc::new(Delivery { topic, seq, text, conflatable: false, fanned_out: None, direct: false })
+}
+
+#[tokio::test]
+async fn a_burst_queues_even_into_a_parked_outbox() {
+    let (tcp, mut client) = pair().await;
+    let outbox = outbox(&tcp, ROOMY, &["quotes.A"]);
+    assert!(outbox.park(true));
+    assert_eq!(outbox.push(&named("quotes.A", 1)), Pushed::Written, "alone: written by the push");
+    assert_eq!(
+        outbox.push(&in_burst("quotes.A", 2)),
+        Pushed::Queued,
+        "more was waiting: queued for the task"
+    );
+    assert_eq!(outbox.push(&named("quotes.A", 3)), Pushed::Queued, "no longer parked: behind the queued one");
+    assert_eq!(outbox.push(&in_burst("quotes.A", 4)), Pushed::Queued);
+    tokio::time::timeout(Duration::from_secs(1), outbox.ready()).await.unwrap();
+    assert_eq!(outbox.claim(), None);
+    let batch = take_texts(&outbox);
+    assert_eq!(batch.len(), 3, "the task takes the burst in one batch");
+    write_frames(&tcp, &batch, 0).await;
+    let got = read_frames(&mut client, 4).await;
+    assert_eq!(got, ["quotes.A#1", "quotes.A#2", "quotes.A#3", "quotes.A#4"].map(|w| w.as_bytes().to_vec()));
 }
 
 #[tokio::test]

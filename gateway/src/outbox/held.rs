@@ -208,7 +208,14 @@ mod tests {
     }
 
     fn delivery(topic: &Topic, seq: u64) -> Delivery {
-        Delivery { topic: topic.clone(), seq, text: Bytes::new(), conflatable: false, fanned_out: None }
+        Delivery {
+            topic: topic.clone(),
+            seq,
+            text: Bytes::new(),
+            conflatable: false,
+            fanned_out: None,
+            direct: true,
+        }
     }
 
     #[test]

@@ -44,10 +44,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
 use super::slot_map::Addr;
-use crate::broker::BoxFuture;
 use crate::broker::pubsub::link::{CHUNK, Connected, Connector, Notice};
 use crate::broker::pubsub::table::Outcome;
 use crate::broker::redis_pubsub::{Delivery, ReaderGuard, connection_gone};
+use crate::broker::{BoxFuture, Pace, Pacing};
 
 /// The nodes of one shard as the slot map last named them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +129,24 @@ impl Opener {
         let id = NEXT_SIDE.fetch_add(1, Ordering::Relaxed);
         let dedup = Arc::clone(&self.dedup);
         let reader = tokio::spawn(async move {
-            while let Some(push) = push_rx.recv().await {
+            let mut pacing = Pacing::default();
+            loop {
+                let push = match push_rx.try_recv() {
+                    Ok(push) => push,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let from = std::time::Instant::now();
+                        let Some(push) = push_rx.recv().await else { break };
+                        pacing.waited(from.elapsed());
+                        push
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                };
                 match (push.kind, push.data.as_slice()) {
                     (PushKind::SMessage, [Value::BulkString(channel), Value::BulkString(payload)]) => {
                         if let Ok(channel) = std::str::from_utf8(channel) {
-                            dedup.deliver(channel, payload, id);
+                            // More pushes waiting, over a run: behind the link.
+                            let pace = pacing.next(!push_rx.is_empty());
+                            dedup.deliver(channel, payload, id, pace);
                         }
                     }
                     // Also the echo of our own SUNSUBSCRIBE: the table
@@ -359,25 +372,25 @@ impl Dedup {
     /// message passed on already. A `seq` lower than the last from the
     /// *same* connection is a stream that started again (its counter
     /// reset) and passes.
-    fn deliver(&self, channel: &str, payload: &[u8], side: u64) {
+    fn deliver(&self, channel: &str, payload: &[u8], side: u64, pace: Pace) {
         if !self.active.load(Ordering::SeqCst)
             || channel == self.delivery.reply_channel
             || self.delivery.probes.is_probe(channel)
         {
             // A second reply finds no waiting request (dropped there); a
             // second probe finds its nonce answered already.
-            self.delivery.deliver(channel, payload);
+            self.delivery.deliver(channel, payload, pace);
             return;
         }
         let Some(seq) = wire::envelope::peek_seq(payload) else {
             // Refused and counted by the hub, once per copy.
-            self.delivery.deliver(channel, payload);
+            self.delivery.deliver(channel, payload, pace);
             return;
         };
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if first_copy(&mut last, channel, seq, side) {
             // Under the lock: the other reader's copy must not overtake it.
-            self.delivery.deliver(channel, payload);
+            self.delivery.deliver(channel, payload, pace);
         }
     }
 
