@@ -27,7 +27,7 @@ pub(crate) mod table;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub(crate) struct LinkSpec {
     pub(crate) slots: Vec<RangeInclusive<u16>>,
     /// Dropping it stops the link's task.
     pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// Messages its readers received (any channel), for the probe's verdict.
+    pub(crate) received: Arc<AtomicU64>,
 }
 
 /// How channels map onto links, and which links appeared or went.
@@ -281,6 +283,7 @@ struct LinkInfo {
     label: String,
     slots: Vec<RangeInclusive<u16>>,
     commands: mpsc::UnboundedSender<Command>,
+    received: Arc<AtomicU64>,
     ready: bool,
     /// It was ready once: being ready again counts as a reconnect.
     was_ready: bool,
@@ -398,6 +401,7 @@ impl Manager {
                     label: spec.label,
                     slots: spec.slots,
                     commands: spec.commands,
+                    received: spec.received,
                     ready: false,
                     was_ready: false,
                 },
@@ -437,14 +441,27 @@ impl Manager {
     /// Reconnects the links whose probe is late and publishes the probes due.
     fn probe(&mut self, now: Instant) {
         let Some(probes) = self.probes.as_mut() else { return };
-        for link in probes.expired(now) {
-            let Some(info) = self.links.get(&link) else { continue };
+        let links = &self.links;
+        let received = |l| links.get(&l).map_or(0, |i: &LinkInfo| i.received.load(Ordering::Relaxed));
+        for late in probes.expired(now, received) {
+            let Some(info) = self.links.get(&late.link) else { continue };
             self.settings.metrics.backplane_probe_failures.get_or_create(&shard(&info.label)).inc();
-            tracing::warn!(
-                shard = %info.label,
-                timeout_ms = self.settings.probe.timeout.as_millis() as u64,
-                "redis pub/sub link delivers nothing (its delivery probe did not come back); reconnecting it"
-            );
+            let waited_ms = self.settings.probe.timeout.as_millis() as u64 * u64::from(late.extended + 1);
+            if late.extended == 0 {
+                tracing::warn!(
+                    shard = %info.label,
+                    waited_ms,
+                    "redis pub/sub link delivers nothing (its delivery probe did not come back); reconnecting it"
+                );
+            } else {
+                tracing::warn!(
+                    shard = %info.label,
+                    waited_ms,
+                    "redis pub/sub link still receives but its delivery probe did not come back: \
+                     too far behind, or its probe channel is lost; reconnecting it"
+                );
+            }
+            let link = late.link;
             if let Some(epoch) = self.table.epoch(link) {
                 // Fails only when the link stopped; its removal follows.
                 let _ = info.commands.send(Command::Reconnect { epoch });
@@ -475,7 +492,8 @@ impl Manager {
                     self.settings.metrics.backplane_probe_errors.get_or_create(&shard(&info.label)).inc();
                     tracing::debug!(shard = %info.label, error = %e, "could not publish a delivery probe");
                 }
-                probes.published(link, nonce, result.is_ok(), Instant::now());
+                let received = self.links.get(&link).map_or(0, |i| i.received.load(Ordering::Relaxed));
+                probes.published(link, nonce, result.is_ok(), Instant::now(), received);
             }
         }
     }

@@ -6,6 +6,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubSink;
@@ -25,17 +26,33 @@ pub(crate) struct Delivery {
     pub(crate) reply_channel: String,
     /// This node's delivery probes, taken before the sink sees them.
     pub(crate) probes: ProbeReturns,
+    /// Messages of every kind this link's readers received: a link whose
+    /// probe is late but which keeps receiving is behind, not dead
+    /// ([`super::pubsub::probe`]). One counter per link ([`Delivery::for_link`]).
+    pub(crate) received: Arc<AtomicU64>,
 }
 
 impl Delivery {
     /// Delivers into `sink`, with the probes of `inputs`'s manager.
     pub(crate) fn new(sink: Arc<dyn Sink>, prefix: &str, reply_channel: String, inputs: &Inputs) -> Self {
-        Delivery { sink, prefix: prefix.to_owned(), reply_channel, probes: inputs.probes.clone() }
+        Delivery {
+            sink,
+            prefix: prefix.to_owned(),
+            reply_channel,
+            probes: inputs.probes.clone(),
+            received: Arc::default(),
+        }
+    }
+
+    /// The same delivery with a received counter of its own, for one link.
+    pub(crate) fn for_link(&self) -> Delivery {
+        Delivery { received: Arc::default(), ..self.clone() }
     }
 
     /// One received message: a delivery probe, an order reply or a
     /// topic's envelope; `pace` tells whether more were waiting behind it.
     pub(crate) fn deliver(&self, channel: &str, payload: &[u8], pace: Pace) {
+        self.received.fetch_add(1, Ordering::Relaxed);
         if self.probes.take(channel, payload) {
             return;
         }
@@ -182,12 +199,11 @@ pub(crate) fn spawn_links(
     for id in 0..count {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let settings = settings(id);
-        let connector = PlainConnector {
-            target: target.clone(),
-            delivery: delivery.clone(),
-            sentinel_check: settings.timeout / 2,
-        };
-        added.push(LinkSpec { id, label: settings.label.clone(), slots: Vec::new(), commands });
+        let delivery = delivery.for_link();
+        let received = Arc::clone(&delivery.received);
+        let connector =
+            PlainConnector { target: target.clone(), delivery, sentinel_check: settings.timeout / 2 };
+        added.push(LinkSpec { id, label: settings.label.clone(), slots: Vec::new(), commands, received });
         tokio::spawn(link::run(connector, settings, commands_rx, inputs.events.clone()));
     }
     // SipHash with fixed keys: a channel's link is the same for the node's whole life.

@@ -208,8 +208,9 @@ impl Topology {
         let label = slot_map::label(ranges);
         let gauge =
             self.metrics.backplane_standby_up.get_or_create(&ShardLabel { shard: label.clone() }).clone();
-        let connector =
-            ShardConnector::new(seed, nodes, self.delivery.clone(), self.timeout, self.standby, gauge);
+        let delivery = self.delivery.for_link();
+        let received = Arc::clone(&delivery.received);
+        let connector = ShardConnector::new(seed, nodes, delivery, self.timeout, self.standby, gauge);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let settings = LinkSettings {
             link: id,
@@ -219,7 +220,7 @@ impl Topology {
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(link::run(connector, settings, commands_rx, self.inputs.events.clone()));
-        Ok(LinkSpec { id, label, slots: ranges.to_vec(), commands })
+        Ok(LinkSpec { id, label, slots: ranges.to_vec(), commands, received })
     }
 }
 
