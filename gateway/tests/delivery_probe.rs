@@ -4,7 +4,8 @@
 //! readiness down meanwhile; and a link Redis closes for exceeding
 //! `client-output-buffer-limit pubsub` under a burst is counted and
 //! recovered. Either way an order topic's updates lost meanwhile reach
-//! the client from history, each once.
+//! the client from history, each once. And a link that is only slow
+//! (its probe late behind other messages still arriving) is left alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ struct Shared {
     hold: watch::Sender<bool>,
     /// `message` pushes dropped.
     dropped: AtomicU64,
+    /// `message` pushes are held this long before they are passed on (a
+    /// slow link that still delivers, in order).
+    delay_ms: AtomicU64,
 }
 
 impl Proxy {
@@ -57,6 +61,7 @@ impl Proxy {
             generation: AtomicU64::new(0),
             hold: watch::Sender::new(false),
             dropped: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let task = tokio::spawn({
             let shared = Arc::clone(&shared);
@@ -88,6 +93,10 @@ impl Proxy {
     fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::SeqCst)
     }
+
+    fn delay(&self, by: Duration) {
+        self.shared.delay_ms.store(by.as_millis() as u64, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
@@ -107,7 +116,12 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
     let up = async {
         let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
     };
-    let down = async {
+    // What the server sends goes to the writer in order, except that
+    // `message` pushes are held `delay` (a slow pub/sub link that keeps
+    // delivering, in order, while replies such as a PUBLISH's or a PING's
+    // come at once: the node's commands are not slowed).
+    let (to_client, mut queued) = tokio::sync::mpsc::unbounded_channel::<(Option<Instant>, Vec<u8>)>();
+    let read = async {
         let mut pending = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -117,22 +131,60 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
             };
             pending.extend_from_slice(&buf[..n]);
             let muted = shared.generation.load(Ordering::SeqCst) > born;
-            let mut out = Vec::with_capacity(pending.len());
+            let delay = Duration::from_millis(shared.delay_ms.load(Ordering::SeqCst));
+            let (mut now, mut later) = (Vec::new(), Vec::new());
             let mut at = 0;
             while at < pending.len() {
                 let Some(end) = frame_end(&pending, at) else { break };
                 let frame = &pending[at..end];
-                if muted && is_message(frame) {
+                if !is_message(frame) {
+                    now.extend_from_slice(frame);
+                } else if muted {
                     shared.dropped.fetch_add(1, Ordering::SeqCst);
+                } else if delay.is_zero() {
+                    now.extend_from_slice(frame);
                 } else {
-                    out.extend_from_slice(frame);
+                    later.extend_from_slice(frame);
                 }
                 at = end;
             }
             pending.drain(..at);
-            if client_tx.write_all(&out).await.is_err() {
+            let sent = to_client.send((None, now)).is_ok()
+                && (later.is_empty() || to_client.send((Some(Instant::now() + delay), later)).is_ok());
+            if !sent {
                 return;
             }
+        }
+    };
+    let write = async {
+        let mut held: std::collections::VecDeque<(Instant, Vec<u8>)> = Default::default();
+        loop {
+            let due = held.front().map(|(at, _)| *at);
+            // No `continue` inside `select!`: its branches are not the loop's.
+            let out = tokio::select! {
+                item = queued.recv() => match item {
+                    Some((None, out)) => Some(out),
+                    Some((Some(at), out)) => {
+                        held.push_back((at, out));
+                        None
+                    }
+                    None => return,
+                },
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    held.pop_front().map(|(_, out)| out)
+                }
+            };
+            if let Some(out) = out
+                && client_tx.write_all(&out).await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    let down = async {
+        tokio::select! {
+            () = read => {}
+            () = write => {}
         }
     };
     // Either side closing ends the pair.
@@ -262,6 +314,48 @@ async fn a_link_that_delivers_nothing_is_reconnected_by_its_probe() {
     assert!(gw.metric(&losses).await >= 1.0);
     assert!(gw.metric("gateway_backplane_reconnects_total").await >= 1.0);
     assert_eq!(gw.metric(&failures).await, 1.0, "one event, counted once");
+}
+
+#[tokio::test]
+async fn a_link_that_is_only_slow_is_not_reconnected_while_it_keeps_delivering() {
+    const TIMEOUT_MS: u64 = 400;
+    let redis = RedisServer::start(false).await;
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
+    let config = gateway::Config {
+        probe_interval_ms: 100,
+        probe_timeout_ms: TIMEOUT_MS,
+        ..redis_config(&proxy.url(), PREFIX)
+    };
+    let gw = TestGateway::start(config).await;
+    wait_ready(&gw, 200).await;
+    let mut c = gw.client().await;
+    c.subscribe(QUOTES).await;
+    let mut conn = redis.connection().await.unwrap();
+    let failures = format!("gateway_backplane_probe_failures_total{LINK}");
+    let losses = format!("gateway_backplane_shard_losses_total{LINK}");
+
+    // A link falling behind: the time Redis' messages take to reach the
+    // node grows by 40 ms every 100 ms, to 1 s (2.5 bounds, within the
+    // extensions' 2.4 s), while quotes go out every 20 ms, so the link
+    // never goes a bound without receiving something. Its probes come
+    // back late, behind the quotes: behind, not dead.
+    let mut seq = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3_500) {
+        let lag = (start.elapsed().as_millis() as u64 * 2 / 5).min(1_000);
+        proxy.delay(Duration::from_millis(lag));
+        seq += 1;
+        publish_quote(&mut conn, seq).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.metric(&failures).await, 0.0, "a link that keeps delivering is not reconnected");
+    let quotes: Vec<u64> = (1..=seq).collect();
+    expect_exactly(&mut c, &[], &quotes).await;
+    assert_eq!(gw.metric(&losses).await, 0.0);
+
+    // The same slow link with nothing else to deliver: its late probe is
+    // all there is to judge by, and it is reconnected.
+    assert_eq!(gw.wait_metric(&failures, |v| v >= 1.0).await, 1.0);
 }
 
 #[tokio::test]
