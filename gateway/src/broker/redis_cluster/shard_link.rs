@@ -43,7 +43,7 @@ use redis::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
-use super::slot_map::Addr;
+use super::slot_map::{self, Addr};
 use crate::broker::pubsub::link::{CHUNK, Connected, Connector, Notice};
 use crate::broker::pubsub::table::Outcome;
 use crate::broker::redis_pubsub::{Delivery, ReaderGuard, connection_gone};
@@ -286,7 +286,7 @@ struct Sides {
 impl Sides {
     /// `side` is the standby; it holds nothing yet.
     fn install_standby(&mut self, side: Side) {
-        tracing::info!(replica = %format!("{}:{}", side.addr.0, side.addr.1), channels = self.held.len(),
+        tracing::info!(replica = %slot_map::host_port(&side.addr), channels = self.held.len(),
             "standby subscriptions on a replica");
         self.standby = Some(side);
         self.missing = self.held.clone();
@@ -299,7 +299,7 @@ impl Sides {
             self.missing.clear();
             self.gauge.set(0);
             self.dedup.stop();
-            tracing::info!(replica = %format!("{}:{}", side.addr.0, side.addr.1), reason = why,
+            tracing::info!(replica = %slot_map::host_port(&side.addr), reason = why,
                 "standby subscriptions on a replica ended; the shard goes on from its master");
         }
     }

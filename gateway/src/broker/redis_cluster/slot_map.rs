@@ -14,6 +14,11 @@ use crate::broker::pubsub::table::LinkId;
 /// A master's address as `CLUSTER SLOTS` gives it.
 pub(super) type Addr = (String, u16);
 
+/// `host:port`, as logs show a node.
+pub(super) fn host_port(addr: &Addr) -> String {
+    format!("{}:{}", addr.0, addr.1)
+}
+
 /// What one master serves, and who replicates it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Served {

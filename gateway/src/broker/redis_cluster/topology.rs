@@ -154,7 +154,7 @@ impl Topology {
                     if known.master != addr || known.served.replicas != served.replicas {
                         let nodes = Nodes { master: addr.clone(), replicas: served.replicas.clone() };
                         tracing::info!(shard = %slot_map::label(&served.ranges),
-                            master = %format!("{}:{}", addr.0, addr.1), replicas = served.replicas.len(),
+                            master = %slot_map::host_port(&addr), replicas = served.replicas.len(),
                             "cluster shard's nodes changed");
                         known.nodes.send_replace(nodes);
                     }
@@ -170,7 +170,7 @@ impl Topology {
                     match self.spawn_link(id, rx, &served.ranges) {
                         Ok(spec) => added.push(spec),
                         Err(e) => {
-                            tracing::warn!(error = %e, master = %format!("{}:{}", addr.0, addr.1), "cannot open a link to a cluster master");
+                            tracing::warn!(error = %e, master = %slot_map::host_port(&addr), "cannot open a link to a cluster master");
                             continue;
                         }
                     }
