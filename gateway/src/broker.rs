@@ -123,9 +123,18 @@ impl Pacing {
         if self.behind { Pace::Burst } else { Pace::Alone }
     }
 
+    /// The reader found nothing waiting: awaits `next` (its next message),
+    /// timing the wait.
+    pub(crate) async fn wait<T>(&mut self, next: impl std::future::Future<Output = T>) -> T {
+        let from = std::time::Instant::now();
+        let got = next.await;
+        self.waited(from.elapsed());
+        got
+    }
+
     /// The reader found nothing waiting and waited `waited` for the next
     /// message.
-    pub(crate) fn waited(&mut self, waited: std::time::Duration) {
+    fn waited(&mut self, waited: std::time::Duration) {
         if waited >= Self::IDLE {
             self.behind = false;
         }

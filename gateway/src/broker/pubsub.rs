@@ -289,6 +289,13 @@ struct LinkInfo {
     was_ready: bool,
 }
 
+impl LinkInfo {
+    /// Messages its readers received so far.
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
 struct Manager {
     table: Table<oneshot::Sender<Result<Subscribed, BrokerError>>>,
     links: HashMap<LinkId, LinkInfo>,
@@ -442,8 +449,7 @@ impl Manager {
     fn probe(&mut self, now: Instant) {
         let Some(probes) = self.probes.as_mut() else { return };
         let links = &self.links;
-        let received = |l| links.get(&l).map_or(0, |i: &LinkInfo| i.received.load(Ordering::Relaxed));
-        for late in probes.expired(now, received) {
+        for late in probes.expired(now, |l| links.get(&l).map_or(0, LinkInfo::received)) {
             let Some(info) = self.links.get(&late.link) else { continue };
             self.settings.metrics.backplane_probe_failures.get_or_create(&shard(&info.label)).inc();
             let waited_ms = self.settings.probe.timeout.as_millis() as u64 * u64::from(late.extended + 1);
@@ -461,8 +467,7 @@ impl Manager {
                      too far behind, or its probe channel is lost; reconnecting it"
                 );
             }
-            let link = late.link;
-            if let Some(epoch) = self.table.epoch(link) {
+            if let Some(epoch) = self.table.epoch(late.link) {
                 // Fails only when the link stopped; its removal follows.
                 let _ = info.commands.send(Command::Reconnect { epoch });
             }
@@ -492,7 +497,7 @@ impl Manager {
                     self.settings.metrics.backplane_probe_errors.get_or_create(&shard(&info.label)).inc();
                     tracing::debug!(shard = %info.label, error = %e, "could not publish a delivery probe");
                 }
-                let received = self.links.get(&link).map_or(0, |i| i.received.load(Ordering::Relaxed));
+                let received = self.links.get(&link).map_or(0, LinkInfo::received);
                 probes.published(link, nonce, result.is_ok(), Instant::now(), received);
             }
         }

@@ -116,12 +116,7 @@ impl Connector for PlainConnector {
                     delivery.deliver(msg.get_channel_name(), msg.get_payload_bytes(), pace);
                     next = match after {
                         Some(after) => after,
-                        None => {
-                            let from = std::time::Instant::now();
-                            let next = stream.next().await;
-                            pacing.waited(from.elapsed());
-                            next
-                        }
+                        None => pacing.wait(stream.next()).await,
                     };
                 }
                 let _ = tx.send(Notice::Lost("pub/sub stream ended".into()));

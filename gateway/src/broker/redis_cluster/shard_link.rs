@@ -134,9 +134,7 @@ impl Opener {
                 let push = match push_rx.try_recv() {
                     Ok(push) => push,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        let from = std::time::Instant::now();
-                        let Some(push) = push_rx.recv().await else { break };
-                        pacing.waited(from.elapsed());
+                        let Some(push) = pacing.wait(push_rx.recv()).await else { break };
                         push
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
